@@ -1,0 +1,223 @@
+"""The one data container, :class:`ScanData`, and the one normalization code path.
+
+Normalization (the only place it is defined; see ``docs/conventions.md``)
+-------------------------------------------------------------------------
+Diffraction data are photon counts ``n``.  The network sees **normalized amplitudes**
+``x = sqrt(n) / s`` where ``s`` is *one scalar per dataset*:
+
+    s = sqrt( mean_i sum_pixels n_i / (H * W) )
+
+i.e. the normalized amplitudes have unit mean square per pixel on the training split.  ``s`` is
+computed from the training split only (:func:`amplitude_scale`), stored in the model bundle, and
+reused unchanged at inference.  The physics never sees ``s``: predicted counts are
+``|F(P * O)|^2`` with the probe ``P`` in photon units (the simulator writes probes that way;
+experimental probes are calibrated by :func:`calibrate_probe`), so the object ``O`` comes out as an
+absolute transmission.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ScanData", "amplitude_scale", "normalized_amplitudes", "calibrate_probe"]
+
+log = logging.getLogger(__name__)
+
+
+def _fail(name: str, expected: str, actual: Any) -> None:
+    raise ValueError(f"{name}: expected {expected}, got {actual}")
+
+
+@dataclass(frozen=True, eq=False)
+class ScanData:
+    """One ptychography scan (measured or simulated).
+
+    Attributes
+    ----------
+    counts : float32 ``(n, H, W)``
+        Photon counts, zero frequency at the array centre, ``>= 0`` and finite.
+    positions_px : float64 ``(n, 2)``
+        Probe-window centres ``(y, x)`` in pixels of the object frame (see ``physics``).
+    probe : complex64 ``(H, W)`` or ``(modes, H, W)``
+        Illumination; ``|probe|^2`` in photons when ``meta['probe_calibrated']`` is true.
+    object_true : complex64 ``(Hy, Wx)``, optional
+        Ground truth (simulation only); defines the object frame when present.
+    object_guess : complex64 ``(Hy, Wx)``, optional
+        Initial object (from a file); defines the object frame when there is no truth.
+    bad_pixels : bool ``(H, W)``, optional
+        Detector pixels to ignore (True = bad).
+    meta : dict
+        JSON-serialisable scalars: ``photons_per_pattern``, ``photon_energy_eV``,
+        ``detector_distance_m``, ``detector_pixel_size_m``, ``object_pixel_size_m``,
+        ``probe_calibrated``, ``seed``/``seeds``, ``provenance``, ...
+    """
+
+    counts: np.ndarray
+    positions_px: np.ndarray
+    probe: np.ndarray
+    object_true: np.ndarray | None = None
+    object_guess: np.ndarray | None = None
+    bad_pixels: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        counts = np.asarray(self.counts)
+        if counts.ndim != 3:
+            _fail("counts", "shape (n, H, W)", tuple(counts.shape))
+        if not np.issubdtype(counts.dtype, np.number) or np.iscomplexobj(counts):
+            _fail("counts", "a real numeric array", counts.dtype)
+        counts = counts.astype(np.float32, copy=False)
+        n, h, w = counts.shape
+        if n == 0:
+            _fail("counts", "at least one pattern", "0")
+        if h != w:
+            _fail("counts", "square patterns (H == W)", f"{h}x{w}")
+        if not np.isfinite(counts).all():
+            bad = int((~np.isfinite(counts)).sum())
+            _fail("counts", "finite values", f"{bad} NaN/Inf values")
+        if counts.min() < 0:
+            _fail("counts", "values >= 0", f"minimum {float(counts.min())}")
+        set_("counts", counts)
+
+        pos = np.asarray(self.positions_px, dtype=np.float64)
+        if pos.shape != (n, 2):
+            _fail("positions_px", f"shape ({n}, 2) (one (y, x) per pattern)", tuple(pos.shape))
+        if not np.isfinite(pos).all():
+            _fail("positions_px", "finite values", "NaN/Inf")
+        set_("positions_px", pos)
+
+        probe = np.asarray(self.probe)
+        if probe.ndim not in (2, 3) or probe.shape[-2:] != (h, w):
+            _fail("probe", f"shape ({h}, {w}) or (modes, {h}, {w}) matching the patterns",
+                  tuple(probe.shape))
+        probe = probe.astype(np.complex64, copy=False)
+        if not np.isfinite(probe).all():
+            _fail("probe", "finite values", "NaN/Inf")
+        if not np.any(probe):
+            _fail("probe", "a non-zero illumination", "all zeros")
+        set_("probe", probe)
+
+        for name in ("object_true", "object_guess"):
+            obj = getattr(self, name)
+            if obj is None:
+                continue
+            obj = np.asarray(obj)
+            if obj.ndim != 2:
+                _fail(name, "shape (Hy, Wx)", tuple(obj.shape))
+            obj = obj.astype(np.complex64, copy=False)
+            if not np.isfinite(obj).all():
+                _fail(name, "finite values", "NaN/Inf")
+            set_(name, obj)
+        if (self.object_true is not None and self.object_guess is not None
+                and self.object_true.shape != self.object_guess.shape):
+            _fail("object_guess", f"shape {self.object_true.shape} (as object_true)",
+                  self.object_guess.shape)
+
+        if self.bad_pixels is not None:
+            bp = np.asarray(self.bad_pixels)
+            if bp.shape != (h, w):
+                _fail("bad_pixels", f"shape ({h}, {w})", tuple(bp.shape))
+            set_("bad_pixels", bp.astype(bool, copy=False))
+
+        meta = dict(self.meta or {})
+        try:
+            json.dumps(meta)
+        except TypeError as e:
+            _fail("meta", "JSON-serialisable scalars", str(e))
+        set_("meta", meta)
+
+        starts = pos - h / 2.0
+        frac = np.any(starts != np.floor(starts), axis=1)
+        ends = np.floor(starts) + h + frac[:, None]
+        hy, wx = self.object_shape_px
+        if starts.min() < 0 or ends[:, 0].max() > hy or ends[:, 1].max() > wx:
+            i = int(np.argmax((starts.min(1) < 0) | (ends[:, 0] > hy) | (ends[:, 1] > wx)))
+            _fail("positions_px", f"probe windows inside the object frame {hy}x{wx} "
+                  f"(centres in [{h / 2}, {hy - h / 2}] x [{w / 2}, {wx - w / 2}])",
+                  f"pattern {i} at (y, x) = ({pos[i, 0]:.2f}, {pos[i, 1]:.2f})")
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def n_patterns(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def pattern_size(self) -> int:
+        """``H == W``, the detector/probe window size in pixels."""
+        return int(self.counts.shape[-1])
+
+    @property
+    def probe_modes(self) -> np.ndarray:
+        """The probe as ``(modes, H, W)``."""
+        return self.probe[None] if self.probe.ndim == 2 else self.probe
+
+    @property
+    def object_shape_px(self) -> tuple[int, int]:
+        """Shape of the object frame: the truth's/guess's, else the smallest canvas holding all
+        windows (with one pixel of margin for sub-pixel interpolation)."""
+        for obj in (self.object_true, self.object_guess):
+            if obj is not None:
+                return int(obj.shape[0]), int(obj.shape[1])
+        end = self.positions_px.max(axis=0) - self.pattern_size / 2 + self.pattern_size + 1
+        return int(math.ceil(end[0])), int(math.ceil(end[1]))
+
+    @property
+    def photons_per_pattern(self) -> float:
+        """Measured mean total counts per pattern (float64 reduction)."""
+        return float(self.counts.sum(axis=(1, 2), dtype=np.float64).mean())
+
+    def subset(self, index: np.ndarray | slice) -> "ScanData":
+        """A scan with only the selected patterns (same object frame, probe and meta)."""
+        return dataclasses.replace(
+            self, counts=self.counts[index], positions_px=self.positions_px[index]
+        )
+
+    def replace(self, **changes: Any) -> "ScanData":
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def amplitude_scale(counts: np.ndarray) -> float:
+    """The dataset scalar ``s = sqrt(mean_i sum n_i / (H*W))`` (training split only).
+
+    Parameters
+    ----------
+    counts : ``(n, H, W)`` photon counts of the **training** split.
+    """
+    counts = np.asarray(counts)
+    mean_total = float(counts.sum(axis=(-2, -1), dtype=np.float64).mean())
+    if not mean_total > 0:
+        raise ValueError("counts: expected some photons to compute the amplitude scale, got 0")
+    return math.sqrt(mean_total / (counts.shape[-1] * counts.shape[-2]))
+
+
+def normalized_amplitudes(counts: Any, scale: float) -> Any:
+    """Network input ``sqrt(n) / s`` for numpy arrays or torch tensors ``(..., H, W)``."""
+    if scale <= 0 or not math.isfinite(scale):
+        raise ValueError(f"scale: expected a finite value > 0, got {scale}")
+    return (counts ** 0.5) / scale
+
+
+def calibrate_probe(scan: ScanData, mean_transmission: float = 1.0) -> ScanData:
+    """Rescale an uncalibrated probe to photon units.
+
+    Assumes the object transmits ``mean_transmission`` of the intensity on average, so that
+    ``sum |P|^2 * mean_transmission == mean counts per pattern``.  A scan whose
+    ``meta['probe_calibrated']`` is already true is returned unchanged.
+    """
+    if scan.meta.get("probe_calibrated"):
+        return scan
+    power = float(np.sum(np.abs(scan.probe_modes) ** 2, dtype=np.float64))
+    factor = math.sqrt(scan.photons_per_pattern / (power * mean_transmission))
+    log.info("calibrating probe: |P|^2 sum %.4g -> %.4g photons (x%.4g amplitude)",
+             power, power * factor**2, factor)
+    meta = dict(scan.meta, probe_calibrated=True, probe_calibration_factor=factor)
+    return scan.replace(probe=(scan.probe * factor).astype(np.complex64), meta=meta)

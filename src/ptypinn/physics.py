@@ -1,0 +1,241 @@
+r"""Forward model of ptychography: pure, batched, differentiable torch functions.
+
+Conventions (normative for the whole package; tested in ``tests/test_physics.py``)
+-----------------------------------------------------------------------------------
+* Arrays are row-major; images are ``(..., H, W)`` with axis order ``(y, x)``.  Complex fields are
+  ``complex64`` (``complex128`` is accepted for tests); intensities are float32 and every
+  reduction of intensities is accumulated in float64.
+* ``positions_px`` are **probe-window centres** in object pixels, ``(..., 2)`` with columns
+  ``(y, x)``, in the frame of the object array they index.  The window of size ``N`` centred at
+  ``p`` starts at object pixel ``p - N/2`` (for even ``N`` the centre is the pixel that holds zero
+  frequency after ``fftshift``).  A fractional start ``s = i0 + f`` means window pixel ``j`` samples
+  the object at ``i0 + j + f``, i.e. bilinear interpolation between ``O[i0+j]`` and ``O[i0+j+1]``
+  with weights ``1-f`` and ``f`` (per axis).  Integer positions are exact copies.
+* :func:`extract_patches` (``A``) and :func:`place_patches` (``A^T``) are exact adjoints; they are
+  the **only** translation code in the package (grouping merges, stitching and simulation all use
+  them), so there is one sign convention for offsets.
+* Far field: ``F = fftshift(fft2(psi, norm="ortho"))`` -- zero frequency at the array centre and
+  Parseval holds: ``sum |F|^2 == sum |psi|^2``.
+* Intensity of a (partially coherent) probe with modes ``P_k``:
+  ``I = sum_k |F(P_k * O)|^2``; single-mode probes are ``(H, W)`` or ``(1, H, W)``.
+* Measurement: counts ``n ~ Poisson(I)``.  Loss: the Poisson negative log-likelihood
+  ``sum_pixels (I - n log(I + eps))`` with explicit ``eps``, one value per pattern.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "probe_modes",
+    "far_field",
+    "exit_waves",
+    "predicted_intensity",
+    "poisson_nll",
+    "window_starts",
+    "extract_patches",
+    "place_patches",
+]
+
+
+def probe_modes(probe: torch.Tensor) -> torch.Tensor:
+    """Return the probe as modes ``(M, H, W)``; a ``(H, W)`` probe becomes ``(1, H, W)``."""
+    if probe.ndim == 2:
+        return probe.unsqueeze(0)
+    if probe.ndim == 3:
+        return probe
+    raise ValueError(f"probe: expected shape (H, W) or (modes, H, W), got {tuple(probe.shape)}")
+
+
+def far_field(psi: torch.Tensor) -> torch.Tensor:
+    """Far-field wave with zero frequency at the centre.
+
+    Parameters
+    ----------
+    psi : complex tensor ``(..., H, W)``
+        Exit wave.
+
+    Returns
+    -------
+    complex tensor ``(..., H, W)``
+        ``fftshift(fft2(psi, norm="ortho"))`` over the last two axes.
+    """
+    return torch.fft.fftshift(torch.fft.fft2(psi, norm="ortho"), dim=(-2, -1))
+
+
+def exit_waves(probe: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """Exit waves ``P_k * O`` for every probe mode.
+
+    Parameters
+    ----------
+    probe : complex ``(H, W)`` or ``(M, H, W)``
+    patches : complex ``(..., H, W)``
+
+    Returns
+    -------
+    complex ``(..., M, H, W)``
+    """
+    modes = probe_modes(probe)
+    if modes.shape[-2:] != patches.shape[-2:]:
+        raise ValueError(
+            f"probe: expected spatial shape {tuple(patches.shape[-2:])} (the patch size), "
+            f"got {tuple(modes.shape[-2:])}"
+        )
+    return patches.unsqueeze(-3) * modes
+
+
+def predicted_intensity(probe: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """Far-field intensity ``sum_k |F(P_k * O)|^2``.
+
+    Parameters
+    ----------
+    probe : complex ``(H, W)`` or ``(M, H, W)``
+    patches : complex ``(..., H, W)``
+        Object patches under the probe windows.
+
+    Returns
+    -------
+    real ``(..., H, W)``
+        Expected counts per detector pixel (in the units of ``|probe|^2``).
+    """
+    field = far_field(exit_waves(probe, patches))
+    return (field.real.square() + field.imag.square()).sum(dim=-3)
+
+
+def poisson_nll(
+    intensity: torch.Tensor,
+    counts: torch.Tensor,
+    eps: float = 1e-6,
+    bad_pixels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Poisson negative log-likelihood per pattern, ``sum(I - n log(I + eps))``.
+
+    Parameters
+    ----------
+    intensity : real ``(..., H, W)``
+        Predicted counts ``I >= 0``.
+    counts : real ``(..., H, W)``
+        Measured counts ``n >= 0``.
+    eps : float
+        Regulariser inside the log (``>= 1e-12``).
+    bad_pixels : bool ``(H, W)``, optional
+        Pixels to exclude (True = bad).
+
+    Returns
+    -------
+    float64 ``(...,)``
+        One value per pattern (constant ``log n!`` omitted), reduced in float64.
+    """
+    if eps < 1e-12:
+        raise ValueError(f"eps: expected >= 1e-12, got {eps}")
+    term = intensity - counts * torch.log(intensity + eps)
+    if bad_pixels is not None:
+        term = term.masked_fill(bad_pixels.to(torch.bool), 0.0)
+    return term.to(torch.float64).sum(dim=(-2, -1))
+
+
+def window_starts(positions_px: torch.Tensor, size: int) -> torch.Tensor:
+    """First object pixel (fractional) of the window of ``size`` centred at ``positions_px``."""
+    return positions_px - size / 2.0
+
+
+def _gather_setup(positions_px: torch.Tensor, size: int, shape: tuple[int, int]):
+    """Flat indices of the ``(size+1)^2`` integer windows and the bilinear weights.
+
+    Returns ``flat (B, M, size+1, size+1)`` int64 indices into an object flattened over
+    ``(B, Hy, Wx)`` and the four weights ``(B, M, 1, 1)``.
+    """
+    hy, wx = shape
+    start = window_starts(positions_px.to(torch.float64), size)
+    i0 = torch.floor(start)
+    frac = (start - i0).to(torch.float32 if positions_px.dtype != torch.float64 else torch.float64)
+    i0 = i0.to(torch.int64)
+    ar = torch.arange(size + 1, device=positions_px.device)
+    rows = (i0[..., 0, None] + ar).clamp_(0, hy - 1)  # (B, M, N+1)
+    cols = (i0[..., 1, None] + ar).clamp_(0, wx - 1)
+    b = torch.arange(positions_px.shape[0], device=positions_px.device).view(-1, 1, 1, 1)
+    flat = b * (hy * wx) + rows[..., :, None] * wx + cols[..., None, :]
+    fy = frac[..., 0, None, None]
+    fx = frac[..., 1, None, None]
+    weights = ((1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx)
+    return flat, weights
+
+
+def _check_batched(positions_px: torch.Tensor, batch: int, name: str) -> None:
+    if positions_px.ndim != 3 or positions_px.shape[-1] != 2 or positions_px.shape[0] != batch:
+        raise ValueError(
+            f"{name}: expected positions of shape ({batch}, M, 2), got {tuple(positions_px.shape)}"
+        )
+
+
+def extract_patches(obj: torch.Tensor, positions_px: torch.Tensor, size: int) -> torch.Tensor:
+    """Cut ``size x size`` windows out of objects at sub-pixel positions (operator ``A``).
+
+    Parameters
+    ----------
+    obj : ``(B, Hy, Wx)`` real or complex
+        Objects (one per batch element).
+    positions_px : float ``(B, M, 2)``
+        Window centres ``(y, x)`` in pixels of the matching object.  Windows must lie inside the
+        object: ``0 <= p - size/2`` and ``p - size/2 + size + (1 if fractional) <= shape``;
+        indices outside are clamped (harmless only for exactly integer positions at the edge).
+    size : int
+        Window size ``N``.
+
+    Returns
+    -------
+    ``(B, M, N, N)``, same dtype as ``obj``.
+    """
+    if obj.ndim != 3:
+        raise ValueError(f"obj: expected shape (B, Hy, Wx), got {tuple(obj.shape)}")
+    _check_batched(positions_px, obj.shape[0], "positions_px")
+    flat, (w00, w01, w10, w11) = _gather_setup(positions_px, size, tuple(obj.shape[-2:]))
+    v = obj.reshape(-1)[flat]
+    w00, w01, w10, w11 = (w.to(v.real.dtype) for w in (w00, w01, w10, w11))
+    return (
+        w00 * v[..., :-1, :-1] + w01 * v[..., :-1, 1:] + w10 * v[..., 1:, :-1] + w11 * v[..., 1:, 1:]
+    )
+
+
+def place_patches(
+    patches: torch.Tensor, positions_px: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
+    """Add windows into zero canvases at sub-pixel positions: the exact adjoint ``A^T``.
+
+    Parameters
+    ----------
+    patches : ``(B, M, N, N)`` real or complex
+    positions_px : float ``(B, M, 2)``
+        Window centres ``(y, x)`` in canvas pixels (same convention as :func:`extract_patches`).
+    shape : (Hy, Wx)
+        Canvas shape.
+
+    Returns
+    -------
+    ``(B, Hy, Wx)``: ``sum_m`` of each patch spread with the bilinear weights.
+    """
+    if patches.ndim != 4 or patches.shape[-1] != patches.shape[-2]:
+        raise ValueError(f"patches: expected shape (B, M, N, N), got {tuple(patches.shape)}")
+    batch, size = patches.shape[0], patches.shape[-1]
+    _check_batched(positions_px, batch, "positions_px")
+    hy, wx = int(shape[0]), int(shape[1])
+    flat, (w00, w01, w10, w11) = _gather_setup(positions_px, size, (hy, wx))
+    w00, w01, w10, w11 = (w.to(patches.real.dtype) for w in (w00, w01, w10, w11))
+    spread = (
+        F.pad(w00 * patches, (0, 1, 0, 1))
+        + F.pad(w01 * patches, (1, 0, 0, 1))
+        + F.pad(w10 * patches, (0, 1, 1, 0))
+        + F.pad(w11 * patches, (1, 0, 1, 0))
+    )
+    out = torch.zeros(batch * hy * wx, dtype=patches.dtype, device=patches.device)
+    out = out.index_add(0, flat.reshape(-1), spread.reshape(-1))
+    return out.view(batch, hy, wx)
+
+
+def required_canvas_px(positions_px: torch.Tensor, size: int) -> tuple[int, int]:
+    """Smallest canvas ``(Hy, Wx)`` whose pixel 0 frame holds every window (with bilinear margin)."""
+    end = window_starts(positions_px.to(torch.float64), size).reshape(-1, 2).amax(0) + size + 1
+    return int(math.ceil(float(end[0]))), int(math.ceil(float(end[1])))
