@@ -60,6 +60,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600 files
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -162,7 +165,8 @@ def write_scan(path: str | os.PathLike, scan: ScanData) -> None:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """``'npz'`` (canonical), ``'reference-npz'``, ``'hdf5'`` or ``'unknown'``, by content."""
+    """By content: ``'npz'`` (canonical), ``'reference-npz'``, ``'npz-unknown'``, ``'hdf5'``,
+    ``'npz-bz2'`` (the bzip2-compressed tike Siemens-star scan) or ``'unknown'``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -181,6 +185,8 @@ def detect_format(path: str | os.PathLike) -> str:
         if names & {"diffraction", "diff3d"}:
             return "reference-npz"
         return "npz-unknown"
+    if head.startswith(b"BZh"):
+        return "npz-bz2"
     return "unknown"
 
 
@@ -202,7 +208,17 @@ def read_scan(path: str | os.PathLike, measurement: Measurement | None = None) -
     if kind == "npz-unknown":
         raise ValueError(f"{path}: NPZ without 'counts', 'diffraction' or 'diff3d' arrays")
     if kind == "hdf5":
-        raise ValueError(f"{path}: HDF5 scans (CXI, ptychodus) are not supported yet")
+        from ptypinn import io_hdf5  # lazy: io_hdf5 imports this module
+
+        h5kind = io_hdf5.detect_hdf5_kind(path)
+        if h5kind == "cxi":
+            return io_hdf5.read_cxi(path)
+        raise ValueError(f"{path}: HDF5 '{h5kind}' file is not a scan (expected CXI; "
+                         "ptychodus products hold reconstructions, not diffraction data)")
+    if kind == "npz-bz2":
+        from ptypinn import io_hdf5
+
+        return io_hdf5.read_tike_siemens_npz_bz2(path)
     raise ValueError(f"{path}: not a readable NPZ file (unknown or corrupt format)")
 
 
@@ -278,3 +294,47 @@ def read_reference_npz(
                         probe=z["probeGuess"], object_guess=obj, meta=meta)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# model weights, images
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, Any]) -> None:
+    """Write torch tensors as safetensors (no pickle), atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(dict(tensors), str(tmp))
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a safetensors file into CPU torch tensors."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{path}: unreadable weights ({e})") from None
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a PNG/JPEG/TIFF image as a float64 grayscale array in [0, 1]."""
+    from skimage import color, io as skio
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    img = np.asarray(skio.imread(str(path)), dtype=np.float64)
+    if img.ndim == 3:
+        img = color.rgb2gray(img[..., :3]) if img.shape[-1] >= 3 else img[..., 0]
+    lo, hi = float(img.min()), float(img.max())
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)

@@ -1,0 +1,265 @@
+"""The ``ptypinn`` command line: one entry point, one sub-command per job.
+
+Every command takes an optional YAML config and ``--set section.field=value`` overrides, writes
+the resolved config next to its outputs, logs to the console and to a file beside the outputs,
+and exits with status 2 and a one-line reason on bad input (no traceback for user errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ptypinn import __version__
+
+log = logging.getLogger("ptypinn.cli")
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+
+
+# ------------------------------------------------------------------------------------------------
+# logging and shared helpers
+
+
+def _setup_logging(verbose: bool) -> None:
+    root = logging.getLogger("ptypinn")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        root.addHandler(h)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _log_to_file(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(out_dir / "ptypinn.log")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("ptypinn").addHandler(fh)
+
+
+def _config(args: argparse.Namespace):
+    from ptypinn.config import load_config
+
+    return load_config(getattr(args, "config", None), getattr(args, "set", None) or [])
+
+
+def _write_config(out_dir: Path, cfg: Any, name: str = "config.resolved.yaml") -> None:
+    from ptypinn import io
+    from ptypinn.config import to_dict
+
+    io.write_yaml(out_dir / name, to_dict(cfg))
+
+
+def _read_scan(path: str, measurement: str | None = None):
+    from ptypinn import io
+
+    return io.read_scan(path, measurement=measurement)
+
+
+def _add_common(p: argparse.ArgumentParser, config_positional: bool = True) -> None:
+    if config_positional:
+        p.add_argument("config", nargs="?", help="YAML config (sections: simulation, grouping, "
+                       "model, train, infer)")
+    else:
+        p.add_argument("--config", "-c", help="YAML config")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one config value (repeatable)")
+
+
+# ------------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from ptypinn import io, report
+    from ptypinn.simulate import simulate_scan, simulate_train_test
+
+    cfg = _config(args)
+    out = Path(args.output)
+    if out.suffix != ".npz":
+        raise ValueError(f"-o: expected a .npz file name, got {out}")
+    sim = cfg.simulation
+    probe_file = io.read_scan(sim.probe_file).probe if sim.probe_kind == "file" else None
+    image = io.read_image(sim.image_path) if sim.object_kind == "image" else None
+    if args.test_output:
+        train, test = simulate_train_test(sim, probe_from_file=probe_file, image=image)
+        scans = [(out, train), (Path(args.test_output), test)]
+    else:
+        scans = [(out, simulate_scan(sim, probe_from_file=probe_file, image=image))]
+    for path, scan in scans:
+        io.write_scan(path, scan)
+        io.write_bytes(path.with_suffix(".png"), report.scan_preview_png(scan))
+        log.info("wrote %s (%d patterns of %dx%d, %.3g photons/pattern) and its preview %s",
+                 path, scan.n_patterns, scan.pattern_size, scan.pattern_size,
+                 scan.photons_per_pattern, path.with_suffix(".png").name)
+    _write_config(out.parent, cfg, out.stem + ".config.yaml")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ptypinn.train import train_model
+
+    cfg = _config(args)
+    scan = _read_scan(args.train, args.measurement)
+    out = Path(args.output)
+    _log_to_file(out)
+    _write_config(out, cfg)
+    res = train_model(cfg, scan, out, resume=args.resume)
+    if res.is_global_zero:
+        log.info("trained %d epochs in %.1f s (%.1f samples/s); bundle: %s", res.epochs_run,
+                 res.fit_time_s, res.samples_per_s, res.bundle_dir)
+        if res.ranks_identical is not None:
+            log.info("DDP ranks ended with identical weights: %s", res.ranks_identical)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"patterns: {summary['n_patterns']}  inference+stitching: "
+          f"{summary['wall_time_s']:.2f} s ({summary['patterns_per_s']:.0f} patterns/s)  "
+          f"data NLL/pixel: {summary['nll_per_pixel_mean']:.3f}")
+    m = summary.get("metrics")
+    if m:
+        a, p = m["amplitude"], m["phase"]
+        print(f"amplitude: SSIM {a['ssim']:.3f}  Pearson {a['pearson']:.3f}  "
+              f"mean ratio {a['mean_ratio']:.3f}")
+        print(f"phase:     SSIM {p['ssim']:.3f}  Pearson {p['pearson']:.3f}")
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from ptypinn.bundle import load_bundle
+    from ptypinn.infer import reconstruct, write_outputs
+
+    cfg = _config(args)
+    bundle = load_bundle(args.run)
+    scan = _read_scan(args.scan, args.measurement)
+    out = Path(args.output)
+    recon = reconstruct(bundle, scan, cfg.infer)
+    _log_to_file(out)
+    _write_config(out, cfg)
+    _print_summary(write_outputs(out, recon, scan, {"bundle": str(args.run)}))
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from ptypinn.bundle import load_bundle
+    from ptypinn.data import calibrate_probe
+    from ptypinn.infer import reconstruct, write_outputs
+    from ptypinn.train import train_model
+
+    cfg = _config(args)
+    scan = calibrate_probe(_read_scan(args.scan, args.measurement))
+    out = Path(args.output)
+    _log_to_file(out)
+    _write_config(out, cfg)
+    t0 = time.perf_counter()
+    train_model(cfg, scan, out / "run")
+    train_s = time.perf_counter() - t0
+    recon = reconstruct(load_bundle(out / "run" / "bundle"), scan, cfg.infer)
+    _print_summary(write_outputs(out, recon, scan, {"train_time_s": train_s}))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ptypinn.demo import run_demo
+
+    out = Path(args.output)
+    _log_to_file(out)
+    summary = run_demo(out, quick=args.quick, overrides=args.set)
+    print(summary["text"])
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ptypinn.describe import describe_path
+
+    for line in describe_path(args.file, measurement=args.measurement):
+        print(line)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ptypinn", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"ptypinn {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("simulate", help="simulate a scan (and optionally a disjoint test scan)")
+    _add_common(s)
+    s.add_argument("-o", "--output", required=True, help="output scan .npz (+ .png preview)")
+    s.add_argument("--test-output", help="also write a test scan of a different object here")
+    s.set_defaults(func=cmd_simulate)
+
+    measurement = dict(choices=["amplitude", "counts"], default=None,
+                       help="what a reference-format NPZ 'diffraction' array holds")
+
+    t = sub.add_parser("train", help="train a model (PINN or baseline) on a scan")
+    _add_common(t)
+    t.add_argument("--train", required=True, help="training scan file")
+    t.add_argument("-o", "--output", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
+    t.add_argument("--measurement", **measurement)
+    t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("infer", help="reconstruct a scan with a trained bundle")
+    i.add_argument("run", help="run directory or bundle directory")
+    _add_common(i, config_positional=False)
+    i.add_argument("--scan", required=True, help="scan file to reconstruct")
+    i.add_argument("-o", "--output", required=True, help="output directory")
+    i.add_argument("--measurement", **measurement)
+    i.set_defaults(func=cmd_infer)
+
+    r = sub.add_parser("reconstruct", help="self-supervised: train on a scan, then reconstruct it")
+    r.add_argument("scan", help="scan file")
+    _add_common(r, config_positional=False)
+    r.add_argument("-o", "--output", required=True, help="output directory")
+    r.add_argument("--measurement", **measurement)
+    r.set_defaults(func=cmd_reconstruct)
+
+    d = sub.add_parser("demo", help="whole pipeline on built-in synthetic data (a few minutes)")
+    d.add_argument("-o", "--output", default="runs/demo", help="output directory")
+    d.add_argument("--quick", action="store_true", help="tiny run (seconds; for smoke tests)")
+    d.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    d.set_defaults(func=cmd_demo)
+
+    f = sub.add_parser("info", help="describe a scan, HDF5 or bundle")
+    f.add_argument("file")
+    f.add_argument("--measurement", **measurement)
+    f.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    from ptypinn.train import TrainingDiverged
+
+    try:
+        return int(args.func(args) or 0)
+    except TrainingDiverged as e:
+        print(f"ptypinn: training diverged: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (ValueError, FileNotFoundError, IsADirectoryError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"ptypinn {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("ptypinn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""``ptypinn info``: a few readable lines about any data file or bundle."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ptypinn.data import ScanData
+
+__all__ = ["describe_scan", "describe_path"]
+
+
+def describe_scan(scan: ScanData) -> list[str]:
+    """Summary lines of a scan: shapes, dtypes, measurement, dose, extent, step and overlap."""
+    from ptypinn.grouping import overlap_metrics, probe_radius_px_from_probe
+
+    n, h, w = scan.counts.shape
+    pos = scan.positions_px
+    radius = probe_radius_px_from_probe(scan.probe)
+    ov = overlap_metrics(pos, radius)
+    integer = bool(np.all(scan.counts[: min(n, 64)] == np.round(scan.counts[: min(n, 64)])))
+    lines = [
+        f"patterns: {n} x {h}x{w} {scan.counts.dtype} "
+        f"({scan.meta.get('measurement', 'counts')}; integer-valued: {integer})",
+        f"photons per pattern: {scan.photons_per_pattern:.4g} measured"
+        + (f", {scan.meta['photons_per_pattern']:.4g} requested"
+           if scan.meta.get("photons_per_pattern") else ""),
+        f"probe: {scan.probe.shape} {scan.probe.dtype}, footprint radius {radius:.1f} px, "
+        f"calibrated: {bool(scan.meta.get('probe_calibrated', False))}",
+        f"object frame: {scan.object_shape_px[0]}x{scan.object_shape_px[1]} px; "
+        f"ground truth: {'yes' if scan.object_true is not None else 'no'}; "
+        f"object guess: {'yes' if scan.object_guess is not None else 'no'}",
+        f"scan extent (y, x): [{pos[:, 0].min():.1f}, {pos[:, 0].max():.1f}] x "
+        f"[{pos[:, 1].min():.1f}, {pos[:, 1].max():.1f}] px; median step "
+        f"{ov['nn_step_px_median']:.2f} px",
+        f"overlap (probe-footprint discs, {6} nearest neighbours): {ov['overlap_nn_mean']:.3f}",
+    ]
+    if scan.bad_pixels is not None:
+        lines.append(f"bad pixels: {int(scan.bad_pixels.sum())}")
+    keys = [k for k in ("provenance", "seed", "object_kind", "photon_energy_eV",
+                        "detector_distance_m", "object_pixel_size_m") if k in scan.meta]
+    if keys:
+        lines.append("meta: " + ", ".join(f"{k}={scan.meta[k]}" for k in keys))
+    return lines
+
+
+def describe_path(path: str | os.PathLike, measurement: str | None = None) -> list[str]:
+    """Describe a scan file (any supported format) or a bundle/run directory."""
+    from ptypinn import io
+
+    p = Path(path)
+    if p.is_dir():
+        manifest = p / "manifest.json" if (p / "manifest.json").is_file() else p / "bundle" / "manifest.json"
+        if not manifest.is_file():
+            raise ValueError(f"{p}: a directory that is not a bundle or run (no manifest.json)")
+        m = io.read_json(manifest)
+        training = m.get("training", {})
+        return [
+            f"{p}: model bundle (format {m.get('format_version')}, ptypinn {m.get('package_version')})",
+            f"kind: {m.get('kind')}; group size C={m.get('group_size')}; patterns "
+            f"{m.get('pattern_size')}x{m.get('pattern_size')}; probe modes {m.get('probe_modes')}",
+            f"amplitude scale: {m.get('amplitude_scale'):.6g}; intensity scale: "
+            f"{m.get('intensity_scale'):.6g}",
+            f"training: {training.get('epochs_run')} epochs, {training.get('fit_time_s', 0):.1f} s, "
+            f"{training.get('n_train_groups')} train / {training.get('n_val_groups')} val groups",
+        ]
+    kind = io.detect_format(p)
+    if kind == "hdf5":
+        from ptypinn import io_hdf5
+
+        return io_hdf5.describe_hdf5(p)
+    scan = io.read_scan(p, measurement=measurement)
+    return [f"{p}: {kind} scan"] + describe_scan(scan)

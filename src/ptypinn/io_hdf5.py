@@ -1,0 +1,724 @@
+"""HDF5 interoperability: CXI scans, ptychodus product files, and the tike Siemens-star scan.
+
+Part of the io layer (with :mod:`ptypinn.io`, the only modules that touch files).  Every writer
+is atomic (:func:`ptypinn.io.atomic_path`).  Every error on bad input is a one-line
+``ValueError`` that names the file and the HDF5 dataset path (or NPZ key) at fault.  The full
+description of the layouts and conventions is in ``docs/formats.md``.
+
+CXI (NeXus/HDF5, cxidb.org) -- :func:`read_cxi`, :func:`write_cxi`
+    * Frames from ``/entry_1/data_1/data`` (or ``/entry_1/instrument_1/detector_1/data``),
+      ``(n, H, W)`` (a raster ``(ny, nx, H, W)`` is flattened), stored **as recorded**: zero
+      frequency at the array centre, so no ``fftshift`` is applied.
+    * Translations ``(n, 3)`` ``(x, y, z)`` in metres from
+      ``/entry_1/sample_1/geometry_1/translation`` (or ``/entry_1/data_1/translation``).
+      They are **sample** translations (CXI convention): when the sample moves by ``+t`` the
+      beam lands at ``-t`` in the sample's frame, so the probe-window centre is
+      ``positions_px = origin - t / object_pixel_size`` with columns ``(y, x)`` taken from
+      ``(t_y, t_x)``; CXI ``x`` maps to array columns and ``y`` to rows, without flips.
+      ``origin`` is an integer shift putting every window at pixel ``>= 1`` (recorded in
+      ``meta['positions_shift_px']``), or the origin stored by :func:`write_cxi`.
+    * Energy ``/entry_1/instrument_1/source_1/energy`` in **joules** (CXI is SI) -> eV.
+    * ``object_pixel_size_m = wavelength * distance / (N * detector_pixel_size)`` per axis,
+      unless given.
+    * Detector mask ``/entry_1/instrument_1/detector_1/mask``: nonzero = bad pixel.
+
+ptychodus product (``product.h5``) -- :class:`Product`, :func:`read_product`,
+:func:`write_product`
+    Positions in metres ``probe_position_{x,y}_m``; ``object`` with attributes ``center_{x,y}_m``
+    and ``pixel_{width,height}_m``.  Pixel ``(y, x)`` in our object frame of an ``Hy x Wx``
+    object: ``x_px = (x_m - center_x_m) / pixel_width_m + Wx / 2`` (same for ``y``) -- the
+    mapping ptychodus itself uses, and the same "window centre = start + N/2" convention as
+    ours, so no half-pixel offset appears.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io as _stdio
+import json
+import logging
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+from scipy import constants
+
+from ptypinn.data import ScanData
+from ptypinn.io import atomic_path
+
+__all__ = [
+    "Product",
+    "read_cxi",
+    "write_cxi",
+    "read_product",
+    "write_product",
+    "read_tike_siemens_npz_bz2",
+    "describe_hdf5",
+    "detect_hdf5_kind",
+    "wavelength_m",
+]
+
+log = logging.getLogger(__name__)
+
+# CXI dataset paths, in order of preference (immutable module constants)
+CXI_VERSION = "/cxi_version"
+CXI_DATA = ("/entry_1/data_1/data", "/entry_1/instrument_1/detector_1/data")
+CXI_TRANSLATION = ("/entry_1/sample_1/geometry_1/translation", "/entry_1/data_1/translation",
+                   "/entry_1/instrument_1/detector_1/translation")
+CXI_PROBE = ("/entry_1/instrument_1/source_1/illumination",
+             "/entry_1/instrument_1/detector_1/probe", "/entry_1/instrument_1/source_1/probe",
+             "/entry_1/probe")
+CXI_ENERGY = "/entry_1/instrument_1/source_1/energy"
+CXI_WAVELENGTH = "/entry_1/instrument_1/source_1/wavelength"
+CXI_DISTANCE = "/entry_1/instrument_1/detector_1/distance"
+CXI_X_PIXEL = "/entry_1/instrument_1/detector_1/x_pixel_size"
+CXI_Y_PIXEL = "/entry_1/instrument_1/detector_1/y_pixel_size"
+CXI_MASK = "/entry_1/instrument_1/detector_1/mask"
+CXI_PTYPINN = "/entry_1/ptypinn"  # our own extras: meta JSON, frame origin, objects
+CXI_WRITE_VERSION = 160
+WINDOW_MARGIN_PX = 1
+SENTINEL_COUNTS = 2.0**31  # values at or above this in a masked pixel are flags
+
+# ptychodus product names (see docs/formats.md)
+PRODUCT_X = "/probe_position_x_m"
+PRODUCT_Y = "/probe_position_y_m"
+PRODUCT_INDEXES = "/probe_position_indexes"
+PRODUCT_PROBE = "/probe"
+PRODUCT_OBJECT = "/object"
+PRODUCT_LAYERS = "/object_layer_spacing_m"
+PRODUCT_LOSS = ("/loss_values", "/costs")
+PRODUCT_EPOCHS = "/loss_epochs"
+
+TIKE_COPYRIGHT = "Copyright (c) 2018, UChicago Argonne, LLC. All rights reserved."
+
+
+def wavelength_m(photon_energy_eV: float) -> float:
+    """Photon wavelength ``h c / E`` in metres for an energy in eV."""
+    if not photon_energy_eV > 0:
+        raise ValueError(f"photon_energy_eV: expected a value > 0, got {photon_energy_eV}")
+    return constants.h * constants.c / (photon_energy_eV * constants.e)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _open_h5(path: str | os.PathLike) -> h5py.File:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
+
+
+def _first(f: h5py.File, paths: tuple[str, ...]) -> str | None:
+    for p in paths:
+        if p in f and isinstance(f[p], h5py.Dataset):
+            return p
+    return None
+
+
+def _scalar(f: h5py.File, p: str) -> float | None:
+    if p not in f:
+        return None
+    a = np.asarray(f[p][()], dtype=np.float64).reshape(-1)
+    if a.size == 0:
+        return None
+    return float(a[0])
+
+
+def _attr_str(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.ndarray) and v.size == 1:
+        return _attr_str(v.reshape(-1)[0])
+    return str(v)
+
+
+def _fail(path: Path, where: str, expected: str, actual: Any) -> None:
+    raise ValueError(f"{path}: {where}: expected {expected}, got {actual}")
+
+
+def _frame_shift_px(pos: np.ndarray, n: int) -> np.ndarray:
+    """Integer shift putting every ``n``-window at pixel ``>= WINDOW_MARGIN_PX``."""
+    return np.ceil(n / 2 + WINDOW_MARGIN_PX - pos.min(axis=0))
+
+
+def _windows_inside(pos: np.ndarray, n: int, shape: tuple[int, int], tol: float = 1e-6
+                    ) -> tuple[int, int] | None:
+    """First ``(pattern, axis)`` whose centred ``n``-window leaves ``[0, shape)``, or None."""
+    for axis in (0, 1):
+        bad = (pos[:, axis] - n / 2 < -tol) | (pos[:, axis] + n / 2 > shape[axis] + tol)
+        if bad.any():
+            return int(np.argmax(bad)), axis
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# CXI
+
+
+def _cxi_energy_eV(f: h5py.File, path: Path) -> float | None:
+    if CXI_ENERGY in f:
+        e = _scalar(f, CXI_ENERGY)
+        units = _attr_str(f[CXI_ENERGY].attrs.get("units", "")).strip()
+        if e is None or not math.isfinite(e) or e <= 0:
+            _fail(path, CXI_ENERGY, "a photon energy > 0 in J", e)
+        if units.lower() == "ev":
+            return e
+        if units.lower() == "kev":
+            return e * 1e3
+        if e > 1e-6:  # J values are ~1e-15; anything this large cannot be joules
+            log.warning("%s: %s = %g is not in joules (CXI is SI); reading it as eV",
+                        path, CXI_ENERGY, e)
+            return e
+        return e / constants.e
+    lam = _scalar(f, CXI_WAVELENGTH)
+    if lam is not None and lam > 0:
+        return constants.h * constants.c / (lam * constants.e)
+    return None
+
+
+def _positive(f: h5py.File, p: str, path: Path) -> float | None:
+    v = _scalar(f, p)
+    if v is not None and not (math.isfinite(v) and v > 0):
+        _fail(path, p, "a value > 0 (SI units)", v)
+    return v
+
+
+def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) -> ScanData:
+    """Read a CXI ptychography file into :class:`ScanData`.
+
+    Parameters
+    ----------
+    path : CXI/HDF5 file
+    object_pixel_size_m : float, optional
+        Object (and probe) pixel size in metres.  Default: from the geometry,
+        ``wavelength * distance / (N * detector_pixel_size)`` per axis.
+
+    Returns
+    -------
+    ScanData
+        ``counts (n, N, N)`` as stored (zero frequency at the centre), ``positions_px (n, 2)``
+        ``(y, x)`` window centres ``= origin - (t_y, t_x) / pixel_size`` (sample translations,
+        see the module docstring), the probe from the file, ``bad_pixels`` from the mask, and
+        ``meta`` with ``photon_energy_eV``, ``detector_distance_m``, ``detector_pixel_size_m``,
+        ``object_pixel_size_m``, ``positions_shift_px`` and ``provenance``.
+    """
+    path = Path(path)
+    with _open_h5(path) as f:
+        data_path = _first(f, CXI_DATA)
+        if data_path is None:
+            raise ValueError(f"{path}: not a CXI ptychography file: no dataset at "
+                             f"{CXI_DATA[0]} or {CXI_DATA[1]}")
+        counts = np.asarray(f[data_path][()])
+        if counts.ndim == 4:  # raster (ny, nx, H, W)
+            counts = counts.reshape(-1, *counts.shape[-2:])
+        if counts.ndim != 3:
+            _fail(path, data_path, "frames (n, H, W)", counts.shape)
+        n, h, w = counts.shape
+
+        trans_path = _first(f, CXI_TRANSLATION)
+        if trans_path is None:
+            raise ValueError(f"{path}: {CXI_TRANSLATION[0]}: missing (also looked at "
+                             f"{CXI_TRANSLATION[1]}); CXI ptychography needs the sample "
+                             "translations (n, 3) in metres")
+        t = np.asarray(f[trans_path][()], dtype=np.float64)
+        t = t.reshape(-1, t.shape[-1]) if t.ndim >= 2 else t
+        if t.ndim != 2 or t.shape[0] != n or t.shape[1] not in (2, 3):
+            _fail(path, trans_path, f"shape ({n}, 3) (x, y, z per frame)", t.shape)
+        if not np.isfinite(t).all():
+            _fail(path, trans_path, "finite values", "NaN/Inf")
+
+        probe_path = _first(f, CXI_PROBE)
+        if probe_path is None:
+            raise ValueError(f"{path}: {CXI_PROBE[0]}: missing (also looked at "
+                             f"{', '.join(CXI_PROBE[1:])}); a probe estimate is required")
+        probe = np.asarray(f[probe_path][()])
+        while probe.ndim > 3 and probe.shape[0] == 1:
+            probe = probe[0]
+        if probe.ndim not in (2, 3) or probe.shape[-2:] != (h, w):
+            _fail(path, probe_path, f"shape ({h}, {w}) or (modes, {h}, {w}) matching the "
+                  f"detector frames in {data_path}", probe.shape)
+
+        bad = None
+        if CXI_MASK in f:
+            mask = np.asarray(f[CXI_MASK][()])
+            if mask.shape != (h, w):
+                _fail(path, CXI_MASK, f"shape ({h}, {w})", mask.shape)
+            bad = mask != 0
+            # flagged pixels may hold sentinels (-1, NaN, 2**32-1) that are not counts: zero
+            # those; valid values in flagged pixels are kept as stored
+            vals = counts[:, bad].astype(np.float64)
+            junk = ~(np.isfinite(vals) & (vals >= 0) & (vals < SENTINEL_COUNTS))
+            if junk.any():
+                vals[junk] = 0
+                counts[:, bad] = vals.astype(counts.dtype)
+
+        energy_eV = _cxi_energy_eV(f, path)
+        distance_m = _positive(f, CXI_DISTANCE, path)
+        px_x_m = _positive(f, CXI_X_PIXEL, path)
+        px_y_m = _positive(f, CXI_Y_PIXEL, path) or px_x_m
+
+        if object_pixel_size_m is not None:
+            if not (math.isfinite(object_pixel_size_m) and object_pixel_size_m > 0):
+                raise ValueError(f"object_pixel_size_m: expected a value > 0, got "
+                                 f"{object_pixel_size_m}")
+            ps_y = ps_x = float(object_pixel_size_m)
+        else:
+            for p, v in ((CXI_ENERGY, energy_eV), (CXI_DISTANCE, distance_m),
+                         (CXI_X_PIXEL, px_x_m)):
+                if v is None:
+                    raise ValueError(f"{path}: {p}: missing, needed for the object pixel size "
+                                     "(or pass object_pixel_size_m)")
+            lam = wavelength_m(energy_eV)  # type: ignore[arg-type]
+            ps_x = lam * distance_m / (w * px_x_m)  # type: ignore[operator]
+            ps_y = lam * distance_m / (h * px_y_m)  # type: ignore[operator]
+            if abs(ps_y - ps_x) > 1e-9 * ps_x:
+                log.warning("%s: non-square object pixels (y %.4g m, x %.4g m); meta records x",
+                            path, ps_y, ps_x)
+
+        pos = np.stack([-t[:, 1] / ps_y, -t[:, 0] / ps_x], axis=1)
+
+        extras: dict[str, Any] = {}
+        if CXI_PTYPINN in f:
+            g = f[CXI_PTYPINN]
+            for k in ("positions_origin_px", "object_true", "object_guess"):
+                if k in g:
+                    extras[k] = g[k][()]
+            if "meta_json" in g:
+                extras["meta"] = json.loads(_attr_str(g["meta_json"][()]))
+        version = _scalar(f, CXI_VERSION)
+
+    origin = extras.get("positions_origin_px")
+    if origin is not None and object_pixel_size_m is None:
+        shift = np.asarray(origin, dtype=np.float64)
+    else:
+        shift = _frame_shift_px(pos, h)
+        for k in ("object_true", "object_guess"):  # their frame is not this one
+            extras.pop(k, None)
+    pos = pos + shift
+
+    meta: dict[str, Any] = dict(extras.get("meta", {}))
+    meta.setdefault("probe_calibrated", False)
+    if "provenance" in meta:
+        meta["source_provenance"] = meta["provenance"]
+    meta.update({
+        "provenance": f"cxi:{path.name}"
+                      + (f" (cxi_version {int(version)})" if version is not None else ""),
+        "measurement": "counts",
+        "photon_energy_eV": energy_eV,
+        "detector_distance_m": distance_m,
+        "detector_pixel_size_m": px_x_m,
+        "object_pixel_size_m": ps_x,
+        "positions_shift_px": shift.tolist(),
+        "positions_convention": "probe centre = origin - sample translation (CXI x -> column)",
+    })
+    try:
+        return ScanData(counts=counts.astype(np.float32), positions_px=pos, probe=probe,
+                        object_true=extras.get("object_true"),
+                        object_guess=extras.get("object_guess"), bad_pixels=bad, meta=meta)
+    except ValueError as e:
+        field_name = str(e).split(":", 1)[0]
+        where = {"counts": data_path, "probe": probe_path, "positions_px": trans_path,
+                 "bad_pixels": CXI_MASK}.get(field_name, CXI_PTYPINN)
+        raise ValueError(f"{path}: {where}: {e}") from None
+
+
+def write_cxi(path: str | os.PathLike, scan: ScanData) -> None:
+    """Write a scan as a minimal valid CXI file (atomically).
+
+    Requires ``meta['photon_energy_eV']``, ``meta['detector_distance_m']`` and
+    ``meta['detector_pixel_size_m']`` (CXI stores SI geometry; the object pixel size follows
+    from them).  Layout: ``/cxi_version``; frames at
+    ``/entry_1/instrument_1/detector_1/data`` with a soft link ``/entry_1/data_1/data``;
+    sample translations ``(n, 3)`` m at ``/entry_1/sample_1/geometry_1/translation`` (soft
+    link ``/entry_1/data_1/translation``), ``t = -(position - origin) * pixel_size`` with
+    ``origin`` the object-frame centre; probe at ``/entry_1/instrument_1/source_1/illumination``;
+    energy (J), distance, pixel sizes and mask (1 = bad) under ``instrument_1``; ptypinn's
+    meta, frame origin and objects under ``/entry_1/ptypinn`` so the round trip is exact.
+    """
+    path = Path(path)
+    meta = scan.meta
+    for k in ("photon_energy_eV", "detector_distance_m", "detector_pixel_size_m"):
+        v = meta.get(k)
+        if v is None or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"meta['{k}']: expected a value > 0 to write CXI (SI geometry is "
+                             f"required), got {v!r}")
+    energy_eV = float(meta["photon_energy_eV"])
+    distance_m = float(meta["detector_distance_m"])
+    dpx_m = float(meta["detector_pixel_size_m"])
+    n_px = scan.pattern_size
+    ps = wavelength_m(energy_eV) * distance_m / (n_px * dpx_m)
+    given = meta.get("object_pixel_size_m")
+    if given is not None and abs(float(given) - ps) > 1e-6 * ps:
+        raise ValueError(f"meta['object_pixel_size_m']: expected {ps:.6g} (from energy, distance "
+                         f"and detector pixel size), got {given}")
+    hy, wx = scan.object_shape_px
+    origin = np.array([hy / 2.0, wx / 2.0])
+    rel = scan.positions_px - origin
+    t = np.zeros((scan.n_patterns, 3))
+    t[:, 0] = -rel[:, 1] * ps
+    t[:, 1] = -rel[:, 0] * ps
+    counts = scan.counts
+    if np.array_equal(counts, np.round(counts)) and counts.max() < 2**31:
+        counts = counts.astype(np.uint32)
+
+    with atomic_path(path, suffix=".cxi") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("cxi_version", data=CXI_WRITE_VERSION)
+            entry = f.create_group("entry_1")
+            entry.attrs["NX_class"] = "NXentry"
+            entry.create_dataset("program_name", data="ptypinn")
+            det = entry.create_group("instrument_1/detector_1")
+            det.attrs["NX_class"] = "NXdetector"
+            d = det.create_dataset("data", data=counts, chunks=(1, n_px, n_px))
+            d.attrs["axes"] = "translation:y:x"
+            det.create_dataset("distance", data=distance_m)
+            det.create_dataset("x_pixel_size", data=dpx_m)
+            det.create_dataset("y_pixel_size", data=dpx_m)
+            if scan.bad_pixels is not None:
+                det.create_dataset("mask", data=scan.bad_pixels.astype(np.uint32))
+            src = entry.create_group("instrument_1/source_1")
+            src.attrs["NX_class"] = "NXsource"
+            src.create_dataset("energy", data=energy_eV * constants.e)
+            src["energy"].attrs["units"] = "J"
+            src.create_dataset("illumination", data=scan.probe)
+            geo = entry.create_group("sample_1/geometry_1")
+            geo.create_dataset("translation", data=t)
+            geo["translation"].attrs["units"] = "m"
+            data_1 = entry.create_group("data_1")
+            data_1["data"] = h5py.SoftLink("/entry_1/instrument_1/detector_1/data")
+            data_1["translation"] = h5py.SoftLink("/entry_1/sample_1/geometry_1/translation")
+            det["translation"] = h5py.SoftLink("/entry_1/sample_1/geometry_1/translation")
+            own = entry.create_group("ptypinn")
+            own.create_dataset("meta_json", data=json.dumps(meta))
+            own.create_dataset("positions_origin_px", data=origin)
+            for k in ("object_true", "object_guess"):
+                if getattr(scan, k) is not None:
+                    own.create_dataset(k, data=getattr(scan, k))
+
+
+# ------------------------------------------------------------------------------------------------
+# ptychodus product
+
+
+@dataclass(frozen=True, eq=False)
+class Product:
+    """A reconstruction as ptychodus stores it, in our conventions.
+
+    Attributes
+    ----------
+    positions_px : float64 ``(n, 2)``
+        Probe-window centres ``(y, x)`` in pixels of ``object``.
+    probe : complex64 ``(modes, H, W)`` (a ``(H, W)`` probe becomes ``(1, H, W)``)
+    object : complex64 ``(Hy, Wx)``
+    object_pixel_size_m : float
+        Object (and probe) pixel size in metres.
+    photon_energy_eV : float or None
+    loss_history : list of float
+        One value per epoch.
+    name : str
+    detector_distance_m : float or None
+    """
+
+    positions_px: np.ndarray
+    probe: np.ndarray
+    object: np.ndarray
+    object_pixel_size_m: float
+    photon_energy_eV: float | None = None
+    loss_history: list[float] = field(default_factory=list)
+    name: str = "ptypinn"
+    detector_distance_m: float | None = None
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        pos = np.asarray(self.positions_px, dtype=np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 2 or pos.shape[0] == 0:
+            raise ValueError(f"positions_px: expected shape (n, 2), got {pos.shape}")
+        if not np.isfinite(pos).all():
+            raise ValueError("positions_px: expected finite values, got NaN/Inf")
+        probe = np.asarray(self.probe)
+        probe = probe[None] if probe.ndim == 2 else probe
+        if probe.ndim != 3:
+            raise ValueError(f"probe: expected shape (H, W) or (modes, H, W), got {probe.shape}")
+        obj = np.asarray(self.object)
+        if obj.ndim != 2:
+            raise ValueError(f"object: expected shape (Hy, Wx), got {obj.shape}")
+        ps = float(self.object_pixel_size_m)
+        if not (math.isfinite(ps) and ps > 0):
+            raise ValueError(f"object_pixel_size_m: expected a value > 0, got {ps}")
+        for k in ("photon_energy_eV", "detector_distance_m"):
+            v = getattr(self, k)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{k}: expected None or a value > 0, got {v}")
+        set_("positions_px", pos)
+        set_("probe", probe.astype(np.complex64, copy=False))
+        set_("object", obj.astype(np.complex64, copy=False))
+        set_("object_pixel_size_m", ps)
+        set_("loss_history", [float(v) for v in self.loss_history])
+
+
+def _check_product_positions(pos: np.ndarray, n: int, shape: tuple[int, int],
+                             names: tuple[str, str], path: Path | str) -> None:
+    hit = _windows_inside(pos, n, shape)
+    if hit is not None:
+        i, axis = hit
+        raise ValueError(
+            f"{path}: {names[axis]}: expected probe windows ({n} px) inside the object "
+            f"{shape[0]}x{shape[1]} px, got position {i} at {'yx'[axis]} = {pos[i, axis]:.2f} px")
+
+
+def read_product(path: str | os.PathLike) -> Product:
+    """Read a ptychodus product HDF5 file.
+
+    Positions are mapped into the object's pixel frame:
+    ``x_px = (probe_position_x_m - center_x_m) / pixel_width_m + Wx / 2`` (likewise ``y``).
+    A 4-D probe (OPR/coherent modes first) keeps its first entry; a single-layer 3-D object is
+    squeezed; multislice objects are refused.
+    """
+    path = Path(path)
+    with _open_h5(path) as f:
+        for p in (PRODUCT_X, PRODUCT_Y, PRODUCT_PROBE, PRODUCT_OBJECT):
+            if p not in f:
+                raise ValueError(f"{path}: {p}: missing; not a ptychodus product file")
+        x_m = np.asarray(f[PRODUCT_X][()], dtype=np.float64).reshape(-1)
+        y_m = np.asarray(f[PRODUCT_Y][()], dtype=np.float64).reshape(-1)
+        if y_m.shape != x_m.shape:
+            _fail(path, PRODUCT_Y, f"{x_m.size} values (as {PRODUCT_X})", y_m.size)
+        probe = np.asarray(f[PRODUCT_PROBE][()])
+        if probe.ndim == 4:
+            if probe.shape[0] > 1:
+                log.warning("%s: %s has %d OPR/coherent modes; keeping the first", path,
+                            PRODUCT_PROBE, probe.shape[0])
+            probe = probe[0]
+        if probe.ndim not in (2, 3) or not np.iscomplexobj(probe):
+            _fail(path, PRODUCT_PROBE, "complex (H, W), (modes, H, W) or (1, modes, H, W)",
+                  f"{probe.dtype}{probe.shape}")
+        h5obj = f[PRODUCT_OBJECT]
+        obj = np.asarray(h5obj[()])
+        if obj.ndim == 3:
+            if obj.shape[0] != 1:
+                _fail(path, PRODUCT_OBJECT, "a single layer (multislice is not supported)",
+                      f"{obj.shape[0]} layers")
+            obj = obj[0]
+        if obj.ndim != 2 or not np.iscomplexobj(obj):
+            _fail(path, PRODUCT_OBJECT, "complex (Hy, Wx)", f"{obj.dtype}{obj.shape}")
+        geo = {}
+        for k in ("pixel_width_m", "pixel_height_m", "center_x_m", "center_y_m"):
+            if k not in h5obj.attrs:
+                raise ValueError(f"{path}: {PRODUCT_OBJECT}@{k}: missing attribute")
+            geo[k] = float(np.asarray(h5obj.attrs[k]).reshape(-1)[0])
+        for k in ("pixel_width_m", "pixel_height_m"):
+            if not (math.isfinite(geo[k]) and geo[k] > 0):
+                _fail(path, f"{PRODUCT_OBJECT}@{k}", "a value > 0", geo[k])
+        energy = None
+        for k in ("photon_energy_eV", "probe_energy_eV"):
+            if k in f.attrs:
+                energy = float(np.asarray(f.attrs[k]).reshape(-1)[0])
+                break
+        distance = (float(np.asarray(f.attrs["detector_object_distance_m"]).reshape(-1)[0])
+                    if "detector_object_distance_m" in f.attrs else None)
+        loss_path = _first(f, PRODUCT_LOSS)
+        losses = ([] if loss_path is None
+                  else np.asarray(f[loss_path][()], dtype=np.float64).reshape(-1).tolist())
+        name = _attr_str(f.attrs.get("name", path.stem))
+
+    hy, wx = obj.shape
+    if abs(geo["pixel_height_m"] - geo["pixel_width_m"]) > 1e-9 * geo["pixel_width_m"]:
+        log.warning("%s: non-square object pixels; object_pixel_size_m records the width", path)
+    pos = np.stack([(y_m - geo["center_y_m"]) / geo["pixel_height_m"] + hy / 2,
+                    (x_m - geo["center_x_m"]) / geo["pixel_width_m"] + wx / 2], axis=1)
+    _check_product_positions(pos, probe.shape[-1], (hy, wx), (PRODUCT_Y, PRODUCT_X), path)
+    try:
+        return Product(positions_px=pos, probe=probe, object=obj,
+                       object_pixel_size_m=geo["pixel_width_m"],
+                       photon_energy_eV=energy if energy and energy > 0 else None,
+                       loss_history=losses, name=name,
+                       detector_distance_m=distance if distance and distance > 0 else None)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def write_product(path: str | os.PathLike, product: Product) -> None:
+    """Write a ptychodus product HDF5 file (atomically) that ptychodus can open.
+
+    The object is centred at ``(0, 0)`` m, so ``probe_position_x_m = (x_px - Wx/2) * pixel``.
+    Both ``photon_energy_eV`` and the older ``probe_energy_eV`` root attributes are written
+    (0.0 when unknown, as ptychodus does), with every root attribute and dataset ptychodus's
+    reader requires.
+    """
+    path = Path(path)
+    hy, wx = product.object.shape
+    n_px = product.probe.shape[-1]
+    _check_product_positions(product.positions_px, n_px, (hy, wx),
+                             ("positions_px[:, 0] (y)", "positions_px[:, 1] (x)"), "product")
+    ps = product.object_pixel_size_m
+    x_m = (product.positions_px[:, 1] - wx / 2) * ps
+    y_m = (product.positions_px[:, 0] - hy / 2) * ps
+    energy = float(product.photon_energy_eV or 0.0)
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["name"] = product.name
+            f.attrs["comments"] = "written by ptypinn"
+            f.attrs["detector_object_distance_m"] = float(product.detector_distance_m or 0.0)
+            f.attrs["photon_energy_eV"] = energy
+            f.attrs["probe_energy_eV"] = energy
+            f.attrs["probe_photon_count"] = 0.0
+            f.attrs["exposure_time_s"] = 0.0
+            f.attrs["mass_attenuation_m2_kg"] = 0.0
+            f.attrs["tomography_angle_deg"] = 0.0
+            f.create_dataset(PRODUCT_INDEXES, data=np.arange(len(x_m), dtype=np.int64))
+            f.create_dataset(PRODUCT_X, data=x_m)
+            f.create_dataset(PRODUCT_Y, data=y_m)
+            pr = f.create_dataset(PRODUCT_PROBE, data=product.probe)
+            pr.attrs["pixel_width_m"] = ps
+            pr.attrs["pixel_height_m"] = ps
+            ob = f.create_dataset(PRODUCT_OBJECT, data=product.object)
+            ob.attrs["center_x_m"] = 0.0
+            ob.attrs["center_y_m"] = 0.0
+            ob.attrs["pixel_width_m"] = ps
+            ob.attrs["pixel_height_m"] = ps
+            f.create_dataset(PRODUCT_LAYERS, data=np.zeros(0, dtype=np.float64))
+            f.create_dataset(PRODUCT_EPOCHS, data=np.arange(len(product.loss_history),
+                                                            dtype=np.int64))
+            f.create_dataset(PRODUCT_LOSS[0], data=np.asarray(product.loss_history,
+                                                              dtype=np.float64))
+
+
+# ------------------------------------------------------------------------------------------------
+# the tike Siemens-star scan
+
+
+def read_tike_siemens_npz_bz2(path: str | os.PathLike) -> ScanData:
+    """Convert the tike test scan ``siemens-star-small.npz.bz2`` into :class:`ScanData`.
+
+    ``data (1, n, N, N)`` counts with zero frequency at the corner -> ``fftshift`` over the last
+    two axes; ``scan (1, n, 2)`` minimum corners of the probe box, columns ``(y, x)`` (tike's
+    convention, checked on the data: see ``docs/formats.md``) -> ``+ N/2`` for window centres,
+    then an integer shift so every window starts at pixel ``>= 1``; ``probe (1, 1, 1, m, N, N)``
+    -> ``(N, N)`` (or ``(m, N, N)``), not calibrated to the counts.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with bz2.open(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable bzip2 file ({e})") from None
+    try:
+        with np.load(_stdio.BytesIO(raw), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("data", "scan", "probe") if k in z.files}
+            missing = [k for k in ("data", "scan", "probe") if k not in z.files]
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not an NPZ inside the bzip2 stream ({e})") from None
+    except ValueError as e:  # pickled objects refused
+        raise ValueError(f"{path}: unreadable NPZ content ({e})") from None
+    if missing:
+        raise ValueError(f"{path}: key '{missing[0]}': missing (expected data, scan, probe)")
+    data = arrays["data"]
+    if data.ndim < 3 or data.shape[-1] != data.shape[-2]:
+        _fail(path, "data", "(1, n, N, N) frames", data.shape)
+    counts = np.fft.fftshift(data.reshape(-1, *data.shape[-2:]), axes=(-2, -1))
+    n, n_px = counts.shape[0], counts.shape[-1]
+    corners = np.asarray(arrays["scan"], dtype=np.float64).reshape(-1, 2)
+    if corners.shape[0] != n:
+        _fail(path, "scan", f"{n} positions (one per frame), (1, n, 2)", arrays["scan"].shape)
+    pos = corners + n_px / 2
+    shift = _frame_shift_px(pos, n_px)
+    pos = pos + shift
+    if arrays["probe"].shape[-2:] != (n_px, n_px):
+        _fail(path, "probe", f"(..., {n_px}, {n_px}) matching the frames", arrays["probe"].shape)
+    probe = np.asarray(arrays["probe"]).reshape(-1, n_px, n_px)  # (modes, N, N)
+    probe = probe[0] if probe.shape[0] == 1 else probe
+    meta = {
+        "provenance": f"tike test data {path.name}; {TIKE_COPYRIGHT} "
+                      "(BSD-style licence: keep this notice with any copy)",
+        "copyright": TIKE_COPYRIGHT,
+        "measurement": "counts",
+        "probe_calibrated": False,
+        "seed": None,
+        "positions_shift_px": shift.tolist(),
+        "positions_convention": "tike scan = probe-box minimum corner (y, x); + N/2 + shift",
+        "dc_convention": "fftshift applied (tike stores zero frequency at the corner)",
+    }
+    try:
+        return ScanData(counts=counts.astype(np.float32), positions_px=pos, probe=probe,
+                        meta=meta)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# inspection
+
+
+def detect_hdf5_kind(path: str | os.PathLike) -> Literal["cxi", "product", "unknown-hdf5"]:
+    """Which HDF5 layout a file holds, by content."""
+    with _open_h5(path) as f:
+        if CXI_VERSION in f or _first(f, CXI_DATA) is not None:
+            return "cxi"
+        if all(p in f for p in (PRODUCT_X, PRODUCT_Y, PRODUCT_PROBE, PRODUCT_OBJECT)):
+            return "product"
+    return "unknown-hdf5"
+
+
+def _shape(f: h5py.File, p: str | None) -> str:
+    if p is None or p not in f:
+        return "missing"
+    d = f[p]
+    return f"{d.shape} {d.dtype} at {p}"
+
+
+def describe_hdf5(path: str | os.PathLike) -> list[str]:
+    """A few readable lines about an HDF5 file (CXI, ptychodus product, or other)."""
+    path = Path(path)
+    kind = detect_hdf5_kind(path)
+    with _open_h5(path) as f:
+        if kind == "cxi":
+            version = _scalar(f, CXI_VERSION)
+            tp = _first(f, CXI_TRANSLATION)
+            vtext = "missing" if version is None else str(int(version))
+            lines = [f"{path}: CXI file (cxi_version {vtext})",
+                     f"frames: {_shape(f, _first(f, CXI_DATA))}",
+                     f"translations: {_shape(f, tp)}",
+                     f"probe: {_shape(f, _first(f, CXI_PROBE))}"]
+            if tp is not None:
+                t = np.asarray(f[tp][()], dtype=np.float64).reshape(-1, f[tp].shape[-1])
+                lines.append(f"translation extent x [{t[:, 0].min():.4g}, {t[:, 0].max():.4g}] m, "
+                             f"y [{t[:, 1].min():.4g}, {t[:, 1].max():.4g}] m")
+            try:
+                e = _cxi_energy_eV(f, path)
+            except ValueError as err:
+                e = f"invalid ({err})"
+            lines.append(f"photon energy: {e} eV; distance: {_scalar(f, CXI_DISTANCE)} m; "
+                         f"detector pixel: {_scalar(f, CXI_X_PIXEL)} m")
+            if CXI_MASK in f:
+                lines.append(f"bad pixels (mask != 0): {int(np.count_nonzero(f[CXI_MASK][()]))}")
+            return lines
+        if kind == "product":
+            ob = f[PRODUCT_OBJECT]
+            loss_path = _first(f, PRODUCT_LOSS)
+            losses = [] if loss_path is None else np.asarray(f[loss_path][()]).reshape(-1)
+            energy = f.attrs.get("photon_energy_eV", f.attrs.get("probe_energy_eV"))
+            return [
+                f"{path}: ptychodus product '{_attr_str(f.attrs.get('name', ''))}'",
+                f"positions: {f[PRODUCT_X].shape[0]} (metres)",
+                f"object: {ob.shape} {ob.dtype}, pixel {ob.attrs.get('pixel_width_m')} m, centre "
+                f"({ob.attrs.get('center_x_m')}, {ob.attrs.get('center_y_m')}) m",
+                f"probe: {f[PRODUCT_PROBE].shape} {f[PRODUCT_PROBE].dtype}",
+                f"photon energy: {energy} eV",
+                f"loss history: {len(losses)} values"
+                + (f", last {float(losses[-1]):.6g}" if len(losses) else ""),
+            ]
+        keys = list(f.keys())
+    return [f"{path}: HDF5 file of unknown layout (neither CXI nor a ptychodus product)",
+            "top-level entries: " + ", ".join(keys[:12]) + (" ..." if len(keys) > 12 else "")]

@@ -1,0 +1,444 @@
+r"""Iterative-solver baseline: run pty-chi (``ptychi``) on a :class:`~ptypinn.data.ScanData`.
+
+pty-chi is an optional dependency (``pip install ptypinn[iterative]``, see ``docs/iterative.md``);
+nothing here imports it until :func:`ptychi_available` or :func:`reconstruct_ptychi` is called.
+
+This adapter owns every conversion between the two conventions (tested in
+``tests/test_iterative.py``):
+
+* **Intensities.**  pty-chi predicts ``|fft2(P * O)|^2`` with an *unnormalized* FFT, whereas
+  ``ptypinn.physics`` uses ``norm="ortho"``: ``I_ours = I_unnorm / (H * W)``.  The measured counts
+  are passed unchanged (so the Poisson statistics stay intact) and the probe is divided by
+  ``sqrt(H * W)`` on the way in and multiplied back on the way out, so the object keeps its
+  absolute transmission.
+* **Zero frequency.**  Our patterns hold DC at the array centre; pty-chi is told so with
+  ``data_options.fft_shift=True`` and shifts them itself.
+* **Positions.**  Ours are window centres ``p`` with the window starting at ``p - N/2``.  pty-chi
+  maps a position ``q`` to buffer coordinates ``c = q + origin`` and starts the window at
+  ``c - (N - 1)/2``.  pty-chi's buffer is our object padded by ``_PAD_PX`` pixels on each side
+  (it wants that margin around the outermost windows), so equal starts need
+  ``q + origin = p + pad - 1/2``; the origin is set explicitly (``SPECIFIED``) to
+  ``floor(padded_shape / 2) - 1/2`` (pty-chi's own centre convention), hence
+  ``q = p + pad - floor(padded_shape / 2)``, an exact integer shift.  Columns ``(y, x)`` become
+  the separate ``position_y_px`` / ``position_x_px`` vectors.  Sub-pixel parts are applied by
+  pty-chi's own (Fourier) interpolation, which agrees with our bilinear one for integer starts.
+* **Shapes.**  Object ``(Hy, Wx)`` <-> ``(1 slice, Hy, Wx)``; probe ``(modes, H, W)`` <->
+  ``(1 OPR mode, modes, H, W)``; ``bad_pixels`` <-> ``valid_pixel_mask = ~bad_pixels``.
+* **Process state.**  Building a pty-chi task sets torch's default device and dtype and seeds the
+  global RNGs of torch, numpy and ``random``.  All of these are saved and restored around the run.
+
+torchvision: pty-chi imports ``torchvision.transforms.GaussianBlur`` at module level but only uses
+it to smooth random initial guesses (never on the path used here).  When the installed torchvision
+cannot be imported (none installed, or a wheel built for another torch, e.g. PyPI's CUDA build next
+to a CPU torch), pty-chi is imported with a minimal stand-in ``torchvision.transforms`` module that
+exists only for the duration of that import; a warning says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import logging
+import math
+import random
+import sys
+import time
+import types
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import ScanData
+
+__all__ = [
+    "IterativeConfig",
+    "IterativeResult",
+    "ptychi_available",
+    "reconstruct_ptychi",
+    "GaussianBlurStandIn",
+]
+
+log = logging.getLogger(__name__)
+
+_ALGORITHMS = ("lsqml", "epie", "rpie", "dm")
+_NOISE_MODELS = ("poisson", "gaussian")
+_DEVICES = ("auto", "cpu", "cuda")
+_DM_CHUNK_LENGTH = 64  # scan points per difference-map exit-wave chunk (1 is very slow on CPU)
+_RPIE_STEP_PER_BATCH = 2.0  # default rPIE step = min(1, this / batch_size)
+_PAD_PX = 2  # margin pty-chi wants around the outermost windows (it zero-pads otherwise)
+_INSTALL_HINT = "see docs/iterative.md (pip install ptypinn[iterative])"
+
+
+def _bad(name: str, expected: str, actual: Any) -> None:
+    raise ValueError(f"{name}: expected {expected}, got {actual!r}")
+
+
+@dataclass(frozen=True)
+class IterativeConfig:
+    """Settings of one pty-chi reconstruction.
+
+    Attributes
+    ----------
+    algorithm : {"lsqml", "epie", "rpie", "dm"}
+        pty-chi engine.
+    iterations : int
+        Epochs (passes over all patterns), ``>= 1``.
+    batch_size : int
+        Patterns per minibatch update, ``>= 1`` (DM updates all patterns per epoch).
+    optimize_probe : bool
+        Refine the probe too (default: keep the scan's probe fixed, as the PINN does).
+    device : {"auto", "cpu", "cuda"}
+        ``auto`` picks CUDA when available.
+    seed : int
+        Seed of pty-chi's minibatch shuffling (global RNGs are restored afterwards).
+    noise_model : {"poisson", "gaussian"}
+        Likelihood used by LSQML (ignored by the other engines).
+    step_size : float or None
+        Update step of object (and probe): ``gamma`` for ePIE/rPIE/DM, the optimal-step scaler for
+        LSQML.  ``None`` keeps pty-chi's defaults, except rPIE: ``min(1, 2 / batch_size)``.
+    """
+
+    algorithm: Literal["lsqml", "epie", "rpie", "dm"] = "epie"
+    iterations: int = 100
+    batch_size: int = 32
+    optimize_probe: bool = False
+    device: str = "auto"
+    seed: int = 0
+    noise_model: Literal["poisson", "gaussian"] = "poisson"
+    step_size: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in _ALGORITHMS:
+            _bad("algorithm", f"one of {_ALGORITHMS}", self.algorithm)
+        for name in ("iterations", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                _bad(name, "an integer >= 1", value)
+        if not isinstance(self.optimize_probe, bool):
+            _bad("optimize_probe", "a bool", self.optimize_probe)
+        if self.device not in _DEVICES:
+            _bad("device", f"one of {_DEVICES}", self.device)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            _bad("seed", "an integer >= 0", self.seed)
+        if self.noise_model not in _NOISE_MODELS:
+            _bad("noise_model", f"one of {_NOISE_MODELS}", self.noise_model)
+        if self.step_size is not None:
+            ok = isinstance(self.step_size, (int, float)) and not isinstance(self.step_size, bool)
+            if not ok or not math.isfinite(self.step_size) or self.step_size <= 0:
+                _bad("step_size", "None or a finite number > 0", self.step_size)
+
+
+@dataclass(frozen=True)
+class IterativeResult:
+    """Outcome of :func:`reconstruct_ptychi`, in ptypinn's conventions.
+
+    Attributes
+    ----------
+    object : complex64 ``(Hy, Wx)``
+        Object in the scan's object frame (``scan.object_shape_px``, same positions).
+    probe : complex64, same shape as ``scan.probe``
+        Final probe in photon units (the input probe when it was not optimised).
+    wall_time_s : float
+        Seconds spent building and running the pty-chi task.
+    algorithm : str
+    iterations : int
+    loss_history : list of float
+        pty-chi's displayed loss per epoch (its ``MSE_SQRT`` metric on amplitudes).
+    """
+
+    object: np.ndarray
+    probe: np.ndarray
+    wall_time_s: float
+    algorithm: str
+    iterations: int
+    loss_history: list[float] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# torchvision stand-in and lazy import
+
+
+class GaussianBlurStandIn:
+    """Minimal replacement for ``torchvision.transforms.GaussianBlur`` on tensors.
+
+    Same semantics as torchvision's tensor path: a separable, normalised Gaussian kernel of
+    ``kernel_size = (kx, ky)`` pixels with ``sigma = (sx, sy)``, reflect padding (edge not
+    repeated), applied over the last two axes of a ``(..., H, W)`` tensor.
+    """
+
+    def __init__(self, kernel_size: int | tuple[int, int],
+                 sigma: float | tuple[float, float] = (0.1, 2.0)) -> None:
+        ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        sg = (float(sigma), float(sigma)) if isinstance(sigma, (int, float)) else tuple(sigma)
+        if len(ks) != 2 or any(k < 1 or k % 2 == 0 for k in ks):
+            _bad("kernel_size", "odd positive integers (kx, ky)", kernel_size)
+        if len(sg) != 2 or any(s <= 0 for s in sg):
+            _bad("sigma", "positive values (sx, sy)", sigma)
+        self.kernel_size = (int(ks[0]), int(ks[1]))
+        self.sigma = (float(sg[0]), float(sg[1]))
+
+    @staticmethod
+    def _kernel(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+        k = torch.exp(-0.5 * (x / sigma) ** 2)
+        return (k / k.sum()).to(dtype=dtype, device=device)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if img.ndim < 2:
+            _bad("img", "a tensor (..., H, W)", tuple(img.shape))
+        shape = img.shape
+        x = img.reshape(-1, 1, shape[-2], shape[-1])
+        real_dtype = x.real.dtype if x.is_complex() else x.dtype
+        kx = self._kernel(self.kernel_size[0], self.sigma[0], real_dtype, x.device)
+        ky = self._kernel(self.kernel_size[1], self.sigma[1], real_dtype, x.device)
+        px, py = self.kernel_size[0] // 2, self.kernel_size[1] // 2
+        x = F.pad(x, (px, px, py, py), mode="reflect")
+        x = F.conv2d(x, kx.view(1, 1, 1, -1))
+        x = F.conv2d(x, ky.view(1, 1, -1, 1))
+        return x.reshape(shape)
+
+
+def _torchvision_problem() -> str | None:
+    """``None`` when ``torchvision.transforms`` imports, else why it does not."""
+    try:
+        importlib.import_module("torchvision.transforms")
+    except Exception as exc:  # a wheel for another torch fails with RuntimeError, not ImportError
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]  # drop the half-imported package
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+@contextlib.contextmanager
+def _stand_in_torchvision() -> Iterator[None]:
+    """Register a stand-in ``torchvision.transforms`` for the duration of the block only."""
+    package = types.ModuleType("torchvision")
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.GaussianBlur = GaussianBlurStandIn  # type: ignore[attr-defined]
+    package.transforms = transforms  # type: ignore[attr-defined]
+    package.__path__ = []  # a package, so that submodule imports fail cleanly
+    sys.modules["torchvision"] = package
+    sys.modules["torchvision.transforms"] = transforms
+    try:
+        yield
+    finally:
+        for name in ("torchvision.transforms", "torchvision"):
+            if sys.modules.get(name) in (package, transforms):
+                del sys.modules[name]
+
+
+def _import_ptychi() -> types.ModuleType:
+    """Import and return ``ptychi.api`` (with ``ptychi.api.task`` loaded).
+
+    Raises
+    ------
+    ImportError
+        When ptychi is not installed or cannot be imported.
+    """
+    if "ptychi.api.task" in sys.modules:
+        return sys.modules["ptychi.api"]
+    if importlib.util.find_spec("ptychi") is None:
+        raise ImportError(f"ptychi is not installed; {_INSTALL_HINT}")
+    problem = _torchvision_problem()
+    try:
+        if problem is None:
+            importlib.import_module("ptychi.api.task")
+        else:
+            log.warning("torchvision unusable (%s); importing ptychi with ptypinn's stand-in "
+                        "torchvision.transforms.GaussianBlur (see docs/iterative.md)", problem)
+            with _stand_in_torchvision():
+                importlib.import_module("ptychi.api.task")
+    except Exception as exc:
+        raise ImportError(f"ptychi cannot be imported ({type(exc).__name__}: {exc}); "
+                          f"{_INSTALL_HINT}") from exc
+    return sys.modules["ptychi.api"]
+
+
+def ptychi_available() -> tuple[bool, str]:
+    """Whether pty-chi can be used here; the second item says why not (empty when it can)."""
+    try:
+        _import_ptychi()
+    except ImportError as exc:
+        return False, str(exc)
+    return True, ""
+
+
+# ----------------------------------------------------------------------------------------------
+# process-state isolation
+
+
+@contextlib.contextmanager
+def _isolated_torch_state() -> Iterator[None]:
+    """Restore torch's default dtype/device and the torch/numpy/random RNG states afterwards."""
+    dtype = torch.get_default_dtype()
+    device = torch.get_default_device()
+    torch_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    np_rng = np.random.get_state()
+    py_rng = random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(dtype)
+        # cpu is torch's built-in default: clear the device context instead of installing one
+        torch.set_default_device(None if device.type == "cpu" else device)
+        torch.set_rng_state(torch_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        np.random.set_state(np_rng)
+        random.setstate(py_rng)
+
+
+# ----------------------------------------------------------------------------------------------
+# conversions
+
+
+def _origin_px(buffer_shape_px: tuple[int, int]) -> np.ndarray:
+    """pty-chi position origin (buffer coordinates of position 0) used by this adapter."""
+    return np.floor(np.asarray(buffer_shape_px, dtype=np.float64) / 2.0) - 0.5
+
+
+def to_ptychi_positions(positions_px: np.ndarray, object_shape_px: tuple[int, int],
+                        pad_px: int = _PAD_PX) -> np.ndarray:
+    """Our window centres ``(n, 2)`` ``(y, x)`` -> pty-chi positions ``(n, 2)`` ``(y, x)``.
+
+    The pty-chi buffer is our object padded by ``pad_px`` on every side, with the origin
+    :func:`_origin_px` of the padded shape; ``q = p + pad_px - 1/2 - origin`` makes both codes
+    start every window on the same object pixel (see the module docstring).
+    """
+    padded = (object_shape_px[0] + 2 * pad_px, object_shape_px[1] + 2 * pad_px)
+    return np.asarray(positions_px, dtype=np.float64) + pad_px - 0.5 - _origin_px(padded)
+
+
+def _options(api: types.ModuleType, cfg: IterativeConfig, buffer_shape_px: tuple[int, int],
+             use_gpu: bool) -> Any:
+    """Build the pty-chi options object for ``cfg``."""
+    opts = {"lsqml": api.LSQMLOptions, "epie": api.EPIEOptions, "rpie": api.RPIEOptions,
+            "dm": api.DMOptions}[cfg.algorithm]()
+
+    opts.data_options.fft_shift = True
+    opts.data_options.save_data_on_device = use_gpu
+
+    oo = opts.object_options
+    oo.optimizable = True
+    oo.determine_position_origin_coords_by = api.ObjectPosOriginCoordsMethods.SPECIFIED
+    oo.position_origin_coords = _origin_px(buffer_shape_px)
+
+    po = opts.probe_options
+    po.optimizable = cfg.optimize_probe
+    if not cfg.optimize_probe:  # keep the given probe, and the object's absolute scale, intact
+        oo.remove_object_probe_ambiguity.enabled = False
+        po.orthogonalize_incoherent_modes.enabled = False
+
+    opts.probe_position_options.optimizable = False
+
+    ro = opts.reconstructor_options
+    ro.num_epochs = cfg.iterations
+    ro.batch_size = cfg.batch_size
+    ro.random_seed = cfg.seed
+    ro.default_device = api.Devices.GPU if use_gpu else api.Devices.CPU
+    ro.default_dtype = api.Dtypes.FLOAT32
+
+    if cfg.algorithm == "lsqml":
+        ro.noise_model = (api.NoiseModels.POISSON if cfg.noise_model == "poisson"
+                          else api.NoiseModels.GAUSSIAN)
+        ro.rescale_probe_intensity_in_first_epoch = False
+        if cfg.step_size is not None:
+            oo.optimal_step_size_scaler = cfg.step_size
+            po.optimal_step_size_scaler = cfg.step_size
+    else:
+        step = cfg.step_size
+        if step is None and cfg.algorithm == "rpie":
+            # pty-chi adds the undamped rPIE updates of a whole minibatch: gamma = 1 diverges for
+            # batch_size >= ~8 (measured), so scale the step with the batch.
+            step = min(1.0, _RPIE_STEP_PER_BATCH / cfg.batch_size)
+        if step is not None:
+            oo.step_size = step
+            po.step_size = step
+    if cfg.algorithm == "dm":
+        ro.chunk_length = _DM_CHUNK_LENGTH
+    return opts
+
+
+def _use_gpu(device: str) -> bool:
+    if device == "cuda" and not torch.cuda.is_available():
+        _bad("device", "'cpu' or 'auto' (CUDA is not available here)", device)
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
+def reconstruct_ptychi(scan: ScanData, cfg: IterativeConfig) -> IterativeResult:
+    """Reconstruct ``scan`` with pty-chi, using the scan's probe and positions.
+
+    Parameters
+    ----------
+    scan : ScanData
+        Counts ``(n, H, W)`` (DC at the centre), positions ``(n, 2)`` window centres in object
+        pixels, probe ``(H, W)`` or ``(modes, H, W)`` in photon units.  The initial object is
+        ``scan.object_guess`` when present, else ones over ``scan.object_shape_px``.
+    cfg : IterativeConfig
+
+    Returns
+    -------
+    IterativeResult
+        Object ``(Hy, Wx)`` complex64 in the scan's object frame, probe in photon units.
+
+    Raises
+    ------
+    ImportError
+        When pty-chi is not usable (see :func:`ptychi_available`).
+    """
+    api = _import_ptychi()
+    import ptychi.api.task as ptychi_task  # loaded by _import_ptychi
+
+    use_gpu = _use_gpu(cfg.device)
+    shape = scan.object_shape_px
+    h, w = scan.counts.shape[-2:]
+    fft_factor = math.sqrt(h * w)  # |fft2_unnormalized|^2 == H*W * |fft2_ortho|^2
+
+    obj0 = (scan.object_guess if scan.object_guess is not None
+            else np.ones(shape, dtype=np.complex64))
+    obj0 = np.pad(obj0, _PAD_PX, mode="edge").astype(np.complex64)  # pty-chi's buffer
+    probe = (scan.probe_modes / fft_factor).astype(np.complex64)[None]  # (1, modes, H, W)
+    q = to_ptychi_positions(scan.positions_px, shape).astype(np.float32)
+    mask = None if scan.bad_pixels is None else ~scan.bad_pixels
+
+    log.info("pty-chi %s: %d patterns %dx%d, object %dx%d, %d epochs on %s",
+             cfg.algorithm, scan.n_patterns, h, w, shape[0], shape[1], cfg.iterations,
+             "cuda" if use_gpu else "cpu")
+    with _isolated_torch_state(), warnings.catch_warnings():
+        # pty-chi-internal noise that a user cannot act on
+        warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
+        start = time.perf_counter()
+        options = _options(api, cfg, obj0.shape, use_gpu)
+        task = ptychi_task.PtychographyTask(
+            options,
+            diffraction_data=scan.counts,
+            object_data=obj0[None],
+            probe_data=probe,
+            probe_position_x_px=q[:, 1],
+            probe_position_y_px=q[:, 0],
+            valid_pixel_mask=mask,
+        )
+        task.run()
+        obj = task.get_data_to_cpu("object", as_numpy=True)[0, _PAD_PX:-_PAD_PX, _PAD_PX:-_PAD_PX]
+        probe_out = task.get_data_to_cpu("probe", as_numpy=True)[0]
+        if use_gpu:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+        losses = [float(v) for v in task.reconstructor.loss_tracker.table["loss"].tolist()]
+        del task
+
+    probe_out = (probe_out * fft_factor).astype(np.complex64).reshape(scan.probe.shape)
+    if not np.isfinite(obj).all():
+        raise RuntimeError(f"pty-chi {cfg.algorithm} diverged: the object has NaN/Inf values "
+                           "(try a smaller step_size or the Poisson noise model)")
+    log.info("pty-chi %s done in %.1f s, final loss %.4g", cfg.algorithm, wall,
+             losses[-1] if losses else float("nan"))
+    return IterativeResult(object=obj.astype(np.complex64), probe=probe_out, wall_time_s=wall,
+                           algorithm=cfg.algorithm, iterations=cfg.iterations,
+                           loss_history=losses)

@@ -1,0 +1,160 @@
+"""Models: the physics-informed PINN and the supervised (PtychoNN-style) baseline.
+
+PINN forward pass (one group of C patterns, SPEC §5)::
+
+    normalized amplitudes (B,C,H,W) --generator--> patches O_c (B,C,H,W) complex
+      C > 1: merge the C patches into one region at their group-relative offsets
+             (shift-and-add, weights w = |P| / max|P| in numerator AND denominator),
+             then re-extract each member's patch from it          (overlap constraint)
+      --> I_c = exp(t) * sum_k |F(P_k O_c)|^2                      (predicted counts)
+      --> Poisson NLL against the measured counts
+
+``t`` is the log of an optional trainable intensity correction (0 and frozen by default: the probe
+is in photon units, see ``data``).  The reported loss is the Poisson NLL per pixel minus that of
+the saturated model (``I = n``), so a perfect fit scores about 0.5 per pixel; the offset is a
+constant and does not change gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ptypinn import physics
+from ptypinn.config import ModelConfig
+from ptypinn.networks import build_generator
+
+__all__ = ["merge_window", "overlap_constraint", "PINN", "SupervisedBaseline", "build_model"]
+
+
+def merge_window(probe: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+    """Merge weights ``(H, W)`` from the probe: ``|P| / max |P|`` (modes summed), floored."""
+    amp = physics.probe_modes(probe).abs().square().sum(0).sqrt()
+    return (amp / amp.max()).clamp_min(floor)
+
+
+def overlap_constraint(
+    patches: torch.Tensor, offsets_px: torch.Tensor, window: torch.Tensor
+) -> torch.Tensor:
+    """Merge the C patches of each group into one region and re-extract them.
+
+    Parameters
+    ----------
+    patches : complex ``(B, C, N, N)``
+    offsets_px : float ``(B, C, 2)``
+        Member centre minus group centroid ``(y, x)`` in pixels.
+    window : real ``(N, N)``
+        Merge weights, identical in numerator and denominator.
+
+    Returns
+    -------
+    complex ``(B, C, N, N)``: each member's view of the merged region.
+    """
+    n = patches.shape[-1]
+    margin = int(math.ceil(float(offsets_px.detach().abs().max()))) + 1
+    size = n + 2 * margin
+    pos = offsets_px.to(torch.float32) + size / 2.0
+    w = window.to(patches.real.dtype).expand(patches.shape)
+    num = physics.place_patches(patches * w, pos, (size, size))
+    den = physics.place_patches(w, pos, (size, size))
+    merged = num / (den + 1e-6)
+    return physics.extract_patches(merged, pos, n)
+
+
+def total_variation(patches: torch.Tensor) -> torch.Tensor:
+    """Mean absolute finite difference of complex patches ``(..., H, W)`` (both axes)."""
+    dy = (patches[..., 1:, :] - patches[..., :-1, :]).abs().mean()
+    dx = (patches[..., :, 1:] - patches[..., :, :-1]).abs().mean()
+    return dy + dx
+
+
+class PINN(nn.Module):
+    """Physics-informed model: generator + overlap constraint + far-field Poisson likelihood.
+
+    Parameters
+    ----------
+    generator : module mapping ``(B, C, H, W)`` amplitudes to ``(B, C, H, W)`` complex patches.
+    probe : complex ``(H, W)`` or ``(M, H, W)`` in photon units.
+    amplitude_scale : float
+        The dataset scalar ``s`` of ``data.amplitude_scale`` (persisted with the model).
+    cfg : ModelConfig
+    """
+
+    def __init__(self, generator: nn.Module, probe: torch.Tensor, amplitude_scale: float,
+                 cfg: ModelConfig):
+        super().__init__()
+        self.generator = generator
+        self.cfg = cfg
+        self.register_buffer("probe", physics.probe_modes(probe).to(torch.complex64).clone())
+        self.register_buffer("amplitude_scale", torch.tensor(float(amplitude_scale), dtype=torch.float64))
+        self.register_buffer("window", merge_window(self.probe))
+        self.log_intensity_scale = nn.Parameter(
+            torch.zeros(()), requires_grad=cfg.trainable_intensity_scale
+        )
+
+    def forward(self, amplitudes: torch.Tensor, offsets_px: torch.Tensor) -> torch.Tensor:
+        """Object patches ``(B, C, H, W)`` complex, after the overlap constraint when C > 1."""
+        patches = self.generator(amplitudes)
+        if patches.shape[1] > 1:
+            patches = overlap_constraint(patches, offsets_px, self.window)
+        return patches
+
+    def predicted_counts(self, patches: torch.Tensor) -> torch.Tensor:
+        """Expected counts ``(B, C, H, W)`` of object patches under this model's probe."""
+        return physics.predicted_intensity(self.probe, patches) * self.log_intensity_scale.exp()
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Poisson NLL per pixel (minus the saturated model's) averaged over patterns, + TV."""
+        patches = self(batch["amplitudes"], batch["offsets_px"])
+        pred = self.predicted_counts(patches)
+        counts = batch["counts"]
+        eps = self.cfg.poisson_eps
+        nll = physics.poisson_nll(pred, counts, eps)
+        saturated = physics.poisson_nll(counts, counts, eps)
+        npix = counts.shape[-1] * counts.shape[-2]
+        data_term = ((nll - saturated) / npix).mean().float()
+        logs = {"nll": data_term.detach()}
+        loss = data_term
+        if self.cfg.tv_weight > 0:
+            tv = total_variation(patches)
+            loss = loss + self.cfg.tv_weight * tv
+            logs["tv"] = tv.detach()
+        return loss, logs
+
+
+class SupervisedBaseline(nn.Module):
+    """PtychoNN-style baseline: the same generator trained with L1 on true amplitude and phase."""
+
+    def __init__(self, generator: nn.Module, probe: torch.Tensor, amplitude_scale: float,
+                 cfg: ModelConfig):
+        super().__init__()
+        self.generator = generator
+        self.cfg = cfg
+        self.register_buffer("probe", physics.probe_modes(probe).to(torch.complex64).clone())
+        self.register_buffer("amplitude_scale", torch.tensor(float(amplitude_scale), dtype=torch.float64))
+
+    def forward(self, amplitudes: torch.Tensor, offsets_px: torch.Tensor) -> torch.Tensor:
+        return self.generator(amplitudes)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if "truth" not in batch:
+            raise ValueError("model.kind='baseline': expected ground-truth patches, got none")
+        pred = self(batch["amplitudes"], batch["offsets_px"])
+        truth = batch["truth"]
+        # weight the loss where the probe illuminates: outside it the data say nothing
+        w = merge_window(self.probe).to(pred.real.dtype)
+        l_amp = (w * (pred.abs() - truth.abs()).abs()).mean()
+        dphi = torch.angle(pred * truth.conj())
+        l_phase = (w * dphi.abs()).mean()
+        loss = l_amp + l_phase
+        return loss, {"l1_amplitude": l_amp.detach(), "l1_phase": l_phase.detach()}
+
+
+def build_model(cfg: ModelConfig, probe: torch.Tensor, amplitude_scale: float,
+                group_size: int) -> nn.Module:
+    """Build the model named by ``cfg.kind`` with a fresh generator."""
+    gen = build_generator(cfg.generator, group_size, cfg.width, cfg.depth, cfg.amplitude_max)
+    cls = PINN if cfg.kind == "pinn" else SupervisedBaseline
+    return cls(gen, torch.as_tensor(probe), amplitude_scale, cfg)

@@ -1,0 +1,273 @@
+"""Training on PyTorch Lightning: datasets of groups, the Lightning module, and :func:`train_model`.
+
+Lightning owns the loop, devices (CPU, one GPU, multi-GPU/multi-node DDP), progress bar, CSV and
+TensorBoard metrics, checkpoints (written atomically by Lightning through an fsspec transaction),
+``--resume`` and early stopping.  We add: the single normalization (``data.amplitude_scale`` on
+the training scan only), a spatially disjoint validation slab, a NaN/Inf guard that stops with a
+clear message (the last good ``last.ckpt`` stays), keeping the best validation weights in memory,
+a check that DDP ranks end with identical weights, and writing the bundle.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ptypinn import physics
+from ptypinn.bundle import save_bundle
+from ptypinn.config import Config
+from ptypinn.data import ScanData, amplitude_scale, normalized_amplitudes
+from ptypinn.grouping import Groups, group_patterns
+from ptypinn.models import build_model
+
+__all__ = ["TrainingDiverged", "GroupDataset", "LitPtycho", "TrainResult", "train_model",
+           "split_groups"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
+
+
+class GroupDataset(Dataset):
+    """Groups of patterns as training samples (data stay on the CPU; batches are streamed).
+
+    Items are dicts: ``amplitudes`` (C,H,W) float32 normalized, ``counts`` (C,H,W) float32,
+    ``offsets_px`` (C,2) float32, and ``truth`` (C,H,W) complex64 when ``with_truth``.
+    """
+
+    def __init__(self, scan: ScanData, groups: Groups, scale: float, with_truth: bool = False):
+        if with_truth and scan.object_true is None:
+            raise ValueError("model.kind='baseline': expected a scan with object_true (ground "
+                             "truth; simulation only), got a scan without it")
+        self.counts = torch.from_numpy(scan.counts)
+        self.indices = torch.from_numpy(np.asarray(groups.indices, dtype=np.int64))
+        self.offsets = torch.from_numpy(np.asarray(groups.offsets_px, dtype=np.float32))
+        self.scale = float(scale)
+        self.size = scan.pattern_size
+        self.obj = torch.from_numpy(scan.object_true) if with_truth else None
+        self.positions = torch.from_numpy(scan.positions_px)
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        idx = self.indices[i]
+        counts = self.counts[idx]
+        item = {
+            "counts": counts,
+            "amplitudes": normalized_amplitudes(counts, self.scale),
+            "offsets_px": self.offsets[i],
+        }
+        if self.obj is not None:
+            item["truth"] = physics.extract_patches(self.obj[None], self.positions[idx][None],
+                                                    self.size)[0]
+        return item
+
+
+def split_groups(groups: Groups, positions_px: np.ndarray, val_fraction: float
+                 ) -> tuple[Groups, Groups | None]:
+    """Split groups into train/validation by a spatial slab (largest group-centroid y).
+
+    Validation groups are those whose centroid lies in the last ``val_fraction`` of the scan's
+    y extent, so validation is (nearly) spatially disjoint from training.
+    """
+    if val_fraction <= 0 or groups.n_groups < 10:
+        return groups, None
+    cy = positions_px[groups.indices, 0].mean(axis=1)
+    cut = np.quantile(cy, 1 - val_fraction)
+    val = cy > cut
+    if val.sum() == 0 or (~val).sum() == 0:
+        return groups, None
+    pick = lambda m: Groups(indices=groups.indices[m], offsets_px=groups.offsets_px[m])  # noqa: E731
+    return pick(~val), pick(val)
+
+
+class LitPtycho(L.LightningModule):
+    """Lightning wrapper: Adam + (cosine) schedule around a model exposing ``loss(batch)``."""
+
+    def __init__(self, model: torch.nn.Module, cfg: Config):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_val = math.inf
+        self.ranks_identical: bool | None = None
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, logs = self.model.loss(batch)
+        if not torch.isfinite(loss):
+            ckpt = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            raise TrainingDiverged(
+                f"training loss became {loss.item()} at epoch {self.current_epoch}, step "
+                f"{self.global_step}; stopped. Last good checkpoint: "
+                f"{ckpt if ckpt.exists() else 'none yet'} (lower train.learning_rate?)"
+            )
+        b = batch["counts"].shape[0]
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=b,
+                 sync_dist=True)
+        for k, v in logs.items():
+            self.log(f"train_{k}", v, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, _ = self.model.loss(batch)
+        self.log("val_loss", loss, prog_bar=True, on_epoch=True,
+                 batch_size=batch["counts"].shape[0], sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        val = self.trainer.callback_metrics.get("val_loss")
+        if val is not None and torch.isfinite(val) and float(val) < self.best_val:
+            self.best_val = float(val)
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in
+                                             self.model.state_dict().items()})
+
+    def on_train_end(self) -> None:
+        if self.trainer.world_size > 1:
+            vec = torch.cat([p.detach().double().flatten() for p in self.model.parameters()])
+            sig = torch.stack([vec.sum(), (vec * torch.arange(vec.numel(), dtype=vec.dtype,
+                                                              device=vec.device)).sum()])
+            gathered = self.trainer.strategy.all_gather(sig)
+            self.ranks_identical = bool(torch.all(gathered == gathered[0]))
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.learning_rate)
+        if self.cfg.train.lr_schedule == "constant":
+            return opt
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=self.cfg.train.epochs, eta_min=self.cfg.train.learning_rate * 0.02)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced (paths are inside ``out_dir``)."""
+
+    bundle_dir: Path
+    epochs_run: int
+    fit_time_s: float
+    samples_per_s: float
+    n_train_groups: int
+    n_val_groups: int
+    amplitude_scale: float
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    ranks_identical: bool | None = None
+    is_global_zero: bool = True
+
+
+def _loader(ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=0,
+                      drop_last=False)
+
+
+def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
+                resume: bool = False) -> TrainResult:
+    """Train a PINN or baseline on one (training) scan and write ``out_dir/bundle``.
+
+    Parameters
+    ----------
+    cfg : Config
+        Uses ``grouping``, ``model`` and ``train``.
+    scan : ScanData
+        The training split; its counts alone define the normalization.
+    out_dir : path
+        Run directory: ``checkpoints/``, ``logs/metrics.csv``, ``bundle/``.
+    resume : bool
+        Continue from ``out_dir/checkpoints/last.ckpt``.
+    """
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    out_dir = Path(out_dir)
+    with_truth = cfg.model.kind == "baseline"
+    if with_truth and scan.object_true is None:
+        raise ValueError("model.kind='baseline' needs ground truth (object_true): the scan has "
+                         "none; use model.kind=pinn for measured data")
+    if scan.counts.shape[0] < cfg.grouping.group_size:
+        raise ValueError(f"scan: expected at least {cfg.grouping.group_size} patterns for "
+                         f"gridsize {cfg.grouping.gridsize}, got {scan.counts.shape[0]}")
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    scale = amplitude_scale(scan.counts)
+    groups = group_patterns(scan.positions_px, cfg.grouping)
+    train_groups, val_groups = split_groups(groups, scan.positions_px, cfg.train.val_fraction)
+    model = build_model(cfg.model, torch.from_numpy(scan.probe), scale, cfg.grouping.group_size)
+    lit = LitPtycho(model, cfg)
+
+    train_dl = _loader(GroupDataset(scan, train_groups, scale, with_truth),
+                       cfg.train.batch_size, shuffle=True)
+    val_dl = (_loader(GroupDataset(scan, val_groups, scale, with_truth),
+                      cfg.train.batch_size, shuffle=False) if val_groups is not None else None)
+    ckpt_dir = out_dir / "checkpoints"
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)]
+    if cfg.train.early_stopping_patience and val_dl is not None:
+        callbacks.append(EarlyStopping("val_loss", patience=cfg.train.early_stopping_patience))
+    loggers: list[Any] = [CSVLogger(out_dir, name="logs", version="")]
+    if cfg.train.tensorboard:
+        loggers.append(TensorBoardLogger(out_dir, name="tensorboard", version=""))
+    strategy: Any = cfg.train.strategy
+    if strategy == "ddp" and cfg.train.accelerator == "cpu":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(process_group_backend="gloo")
+    trainer = L.Trainer(
+        max_epochs=cfg.train.epochs,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        num_nodes=cfg.train.num_nodes,
+        strategy=strategy,
+        precision=cfg.train.precision,
+        logger=loggers,
+        callbacks=callbacks,
+        default_root_dir=out_dir,
+        enable_progress_bar=cfg.train.progress_bar,
+        enable_model_summary=False,
+        max_time={"seconds": cfg.train.max_time_s} if cfg.train.max_time_s else None,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
+    )
+    ckpt_path = None
+    if resume:
+        last = ckpt_dir / "last.ckpt"
+        if not last.is_file():
+            raise ValueError(f"--resume: expected a checkpoint at {last}, found none")
+        ckpt_path = str(last)
+    t0 = time.perf_counter()
+    trainer.fit(lit, train_dl, val_dl, ckpt_path=ckpt_path)
+    fit_time = time.perf_counter() - t0
+    if lit.best_state is not None:
+        model.load_state_dict(lit.best_state)
+    epochs_run = int(trainer.current_epoch)
+    n_samples = len(train_dl.dataset) * max(epochs_run, 1)  # type: ignore[arg-type]
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    result = TrainResult(
+        bundle_dir=out_dir / "bundle",
+        epochs_run=epochs_run,
+        fit_time_s=fit_time,
+        samples_per_s=n_samples / fit_time if fit_time > 0 else float("nan"),
+        n_train_groups=train_groups.n_groups,
+        n_val_groups=val_groups.n_groups if val_groups is not None else 0,
+        amplitude_scale=scale,
+        final_metrics=metrics,
+        ranks_identical=lit.ranks_identical,
+        is_global_zero=trainer.is_global_zero,
+    )
+    if trainer.is_global_zero:
+        summary = {k: (str(v) if isinstance(v, Path) else v)
+                   for k, v in result.__dict__.items()}
+        save_bundle(result.bundle_dir, model.cpu(), cfg, cfg.grouping.group_size,
+                    extra={"training": summary})
+    return result
