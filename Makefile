@@ -11,7 +11,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[test]"
+	echo "$(TORCH_PIN)" > $(VENV)/torch-pin.txt
+	$(PY) -m pip install -q -e ".[test]" -c $(VENV)/torch-pin.txt
+	@# pty-chi (iterative baseline) on a CPU torch: without its torchvision requirement, whose
+	@# PyPI wheels are CUDA builds that fail to import next to the CPU torch (docs/iterative.md)
+	$(PY) -m pip install -q --no-deps "ptychi==2.2.0"
+	$(PY) -m pip install -q -e ".[iterative-cpu]" -c $(VENV)/torch-pin.txt
 	touch $@
 
 venv: $(VENV)/.installed

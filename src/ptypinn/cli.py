@@ -89,7 +89,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if out.suffix != ".npz":
         raise ValueError(f"-o: expected a .npz file name, got {out}")
     sim = cfg.simulation
-    probe_file = io.read_scan(sim.probe_file).probe if sim.probe_kind == "file" else None
+    probe_file = io.read_probe(sim.probe_file) if sim.probe_kind == "file" else None
     image = io.read_image(sim.image_path) if sim.object_kind == "image" else None
     if args.test_output:
         train, test = simulate_train_test(sim, probe_from_file=probe_file, image=image)

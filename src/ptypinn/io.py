@@ -338,3 +338,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         img = color.rgb2gray(img[..., :3]) if img.shape[-1] >= 3 else img[..., 0]
     lo, hi = float(img.min()), float(img.max())
     return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+def read_probe(path: str | os.PathLike) -> np.ndarray:
+    """A probe from a ``.npy`` array or from any scan file (its ``probe``), complex64."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such probe file")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a plain array ({e})") from None
+        return np.asarray(arr, dtype=np.complex64)
+    return read_scan(path).probe

@@ -155,6 +155,8 @@ class SupervisedBaseline(nn.Module):
 def build_model(cfg: ModelConfig, probe: torch.Tensor, amplitude_scale: float,
                 group_size: int) -> nn.Module:
     """Build the model named by ``cfg.kind`` with a fresh generator."""
-    gen = build_generator(cfg.generator, group_size, cfg.width, cfg.depth, cfg.amplitude_max)
+    probe = torch.as_tensor(probe)
+    gen = build_generator(cfg.generator, group_size, cfg.width, cfg.depth, cfg.amplitude_max,
+                          probe, amplitude_scale)
     cls = PINN if cfg.kind == "pinn" else SupervisedBaseline
-    return cls(gen, torch.as_tensor(probe), amplitude_scale, cfg)
+    return cls(gen, probe, amplitude_scale, cfg)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ptypinn.data import ScanData
 
-__all__ = ["scan_preview_png", "complex_image_png"]
+__all__ = ["scan_preview_png", "complex_image_png", "comparison_png", "frc_png"]
 
 _AMP_CMAP = "gray"
 _PHASE_CMAP = "cividis"
@@ -120,4 +120,145 @@ def scan_preview_png(scan: ScanData) -> bytes:
     dose = scan.photons_per_pattern
     fig.suptitle(f"{scan.meta.get('provenance', 'scan')}: {scan.n_patterns} patterns {n}x{n}, "
                  f"mean {dose:.3g} photons/pattern")
+    return _png(fig)
+
+
+def _masked_crop(img: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``img`` (real) on the bounding box of ``mask``, NaN outside the mask (drawn blank)."""
+    img = np.asarray(img, dtype=np.float64)
+    if mask is None:
+        return img
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    return np.where(mask[box], img[box], np.nan)
+
+
+def _shared_range(images: list[np.ndarray], lo_pct: float = 0.5, hi_pct: float = 99.5
+                  ) -> tuple[float, float]:
+    """One colour range for several images: the widest of their robust (percentile) ranges."""
+    lo = min(float(np.nanpercentile(a, lo_pct)) for a in images)
+    hi = max(float(np.nanpercentile(a, hi_pct)) for a in images)
+    return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
+
+
+def comparison_png(truth: np.ndarray | None, recons: dict[str, np.ndarray],
+                   mask: np.ndarray | None = None, title: str | None = None) -> bytes:
+    """Reconstructions side by side: amplitude (top row) and phase (bottom row), one column each.
+
+    The ground truth (if given) comes first, then one column per entry of ``recons`` in order.
+    All images must already be in one frame, registered and with the global phase removed (see
+    :func:`ptypinn.metrics.align`).  Amplitudes share one colour range (``gray``), phases another
+    (``cividis``, radians).  Both ranges are the ground truth's 0.5-99.5 percentile span when a
+    truth is given (a reconstruction with the wrong scale then shows saturated), else the widest
+    such span over the columns, so one outlier pixel or one failed arm cannot wash out the others.
+
+    Parameters
+    ----------
+    truth : complex ``(Hy, Wx)`` or None
+    recons : {name: complex ``(Hy, Wx)``}, at least one
+    mask : bool ``(Hy, Wx)``, optional
+        Region to show (e.g. the scanned region): images are cropped to its bounding box and
+        pixels outside it are left blank.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    bytes
+        PNG image.
+    """
+    from matplotlib.figure import Figure
+
+    columns: list[tuple[str, np.ndarray]] = []
+    if truth is not None:
+        columns.append(("ground truth", np.asarray(truth)))
+    columns += [(str(k), np.asarray(v)) for k, v in recons.items()]
+    if not recons:
+        raise ValueError("recons: expected at least one reconstruction, got none")
+    shape = columns[0][1].shape
+    for name, img in columns:
+        if img.ndim != 2 or img.shape != shape:
+            raise ValueError(f"recons[{name!r}]: expected shape {shape} (2-D, as the first image), "
+                             f"got {img.shape}")
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != shape:
+            raise ValueError(f"mask: expected shape {shape}, got {mask.shape}")
+        if not mask.any():
+            raise ValueError("mask: expected at least one True pixel, got none")
+    amps = [_masked_crop(np.abs(img), mask) for _, img in columns]
+    phases = [_masked_crop(np.angle(img), mask) for _, img in columns]
+    ranged = slice(0, 1) if truth is not None else slice(None)
+    a_lo, a_hi = _shared_range(amps[ranged])
+    p_lo, p_hi = _shared_range(phases[ranged])
+    p_lo, p_hi = max(p_lo, -np.pi), min(p_hi, np.pi)
+    k = len(columns)
+    fig = Figure(figsize=(2.6 * k + 1.2, 5.6), layout="constrained")
+    axes = fig.subplots(2, k, squeeze=False)
+    for j, (name, _) in enumerate(columns):
+        im_a = axes[0, j].imshow(amps[j], cmap=_AMP_CMAP, vmin=a_lo, vmax=a_hi,
+                                 interpolation="nearest")
+        im_p = axes[1, j].imshow(phases[j], cmap=_PHASE_CMAP, vmin=p_lo, vmax=p_hi,
+                                 interpolation="nearest")
+        axes[0, j].set_title(name, fontsize=9)
+        for ax in axes[:, j]:
+            ax.set_xlabel("x (px)", fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0, 0].set_ylabel("amplitude\ny (px)", fontsize=8)
+    axes[1, 0].set_ylabel("phase\ny (px)", fontsize=8)
+    cb = fig.colorbar(im_a, ax=list(axes[0]), fraction=0.03, pad=0.02)
+    cb.set_label("amplitude (transmission)", fontsize=8)
+    cb = fig.colorbar(im_p, ax=list(axes[1]), fraction=0.03, pad=0.02)
+    cb.set_label("phase (rad)", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _png(fig)
+
+
+def frc_png(curves: dict[str, dict], title: str | None = None) -> bytes:
+    """Fourier ring correlation curves with the 1/2-bit and 1/7 thresholds.
+
+    Parameters
+    ----------
+    curves : {label: frc result}
+        Each value as returned by :func:`ptypinn.metrics.frc` (``spatial_frequency``, ``frc``,
+        ``threshold_half_bit``, ``units``); at least one.  The thresholds drawn are the first
+        curve's (curves of images of one size share their rings).
+    title : str, optional
+
+    Returns
+    -------
+    bytes
+        PNG image.
+    """
+    from matplotlib.figure import Figure
+
+    if not curves:
+        raise ValueError("curves: expected at least one FRC curve, got none")
+    for name, c in curves.items():
+        missing = {"spatial_frequency", "frc", "threshold_half_bit"} - set(c)
+        if missing:
+            raise ValueError(f"curves[{name!r}]: expected metrics.frc's keys, missing "
+                             f"{sorted(missing)}")
+    styles = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ("-", "v"), ("--", "x")]
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    first = next(iter(curves.values()))
+    units = str(first.get("units", "cycles/px"))
+    for i, (name, c) in enumerate(curves.items()):
+        ls, marker = styles[i % len(styles)]
+        ax.plot(c["spatial_frequency"], c["frc"], ls=ls, marker=marker, ms=3, lw=1.4,
+                color=f"C{i}", label=str(name))
+    f = np.asarray(first["spatial_frequency"])
+    ax.plot(f, first["threshold_half_bit"], color="black", lw=1.0, ls="--", label="1/2-bit")
+    ax.axhline(1.0 / 7.0, color="gray", lw=1.0, ls=":", label="1/7")
+    ax.set_xlim(0, float(f.max()) if f.size else 0.5)
+    ax.set_ylim(-0.2, 1.05)
+    ax.set_xlabel(f"spatial frequency ({units})")
+    ax.set_ylabel("FRC")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
     return _png(fig)

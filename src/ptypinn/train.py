@@ -212,7 +212,8 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
     val_dl = (_loader(GroupDataset(scan, val_groups, scale, with_truth),
                       cfg.train.batch_size, shuffle=False) if val_groups is not None else None)
     ckpt_dir = out_dir / "checkpoints"
-    callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)]
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, filename="latest", save_last=True,
+                                          save_top_k=1, save_on_train_epoch_end=True)]
     if cfg.train.early_stopping_patience and val_dl is not None:
         callbacks.append(EarlyStopping("val_loss", patience=cfg.train.early_stopping_patience))
     loggers: list[Any] = [CSVLogger(out_dir, name="logs", version="")]

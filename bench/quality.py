@@ -1,0 +1,207 @@
+"""Reconstruction-quality benchmark of the PINN on simulated "lines" objects (the issue's target).
+
+For every cell (gridsize x photons x probe): simulate a training object and a *different* test
+object (``simulate.simulate_train_test``), train with ``train.train_model`` (the product's
+Lightning loop), reconstruct the test scan with ``infer.reconstruct`` from the saved bundle and
+score the stitched object with ``metrics.evaluate`` (registration + global phase removal over the
+scanned region).  Prints machine info and a table; writes ``OUTDIR/quality.json``.
+
+Targets: amplitude SSIM >= 0.90 (cpu preset, <= 30 min on 2 cores) / >= 0.96 (full preset, GPU),
+amplitude Pearson >= 0.95, phase SSIM >= 0.90, amplitude mean ratio within 5 % of 1.
+
+Probes: ``ideal`` is the simulator's disk (radius 16 px in a 64 px window).  ``experimental`` is
+the probe estimate of ``/work/shared/data/siemens-star-small.npz.bz2`` (128 x 128, read with
+``ptypinn.io.read_scan``) reduced to 64 x 64 by cropping its centred far field to the central
+64 x 64 pixels and transforming back (:func:`crop_probe_far_field`): this is the same beam seen by
+the central 64 x 64 detector pixels, i.e. real-space pixels twice as large; the simulation then
+rescales it to the requested photons per pattern.
+
+Run::
+
+    .venv/bin/python bench/quality.py --preset cpu --gridsize 2 --photons 1e9 1e6 -o /tmp/q
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ptypinn import io
+from ptypinn.bundle import load_bundle
+from ptypinn.config import (Config, GroupingConfig, InferConfig, ModelConfig, SimulationConfig,
+                            TrainConfig)
+from ptypinn.infer import reconstruct
+from ptypinn.metrics import evaluate
+from ptypinn.simulate import simulate_train_test
+from ptypinn.train import train_model
+
+EXPERIMENTAL_PROBE = "/work/shared/data/siemens-star-small.npz.bz2"
+N_PX = 64
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~8-10 min per cell on 2 quiet CPU cores (train.max_time_s caps the training)
+    "cpu": {"object_size_px": 192, "scan_step_px": 5.0, "groups_per_pattern": 1, "width": 16,
+            "depth": 3, "epochs": 40, "batch_size": 16, "learning_rate": 2e-3,
+            "max_time_s": 480.0},
+    # GPU: larger object, twice the groups (oversampling), wider network, more epochs
+    "full": {"object_size_px": 392, "scan_step_px": 5.0, "groups_per_pattern": 2, "width": 32,
+             "depth": 3, "epochs": 100, "batch_size": 32, "learning_rate": 2e-3,
+             "max_time_s": 3600.0},
+}
+
+
+def crop_probe_far_field(probe: np.ndarray, n: int) -> np.ndarray:
+    """Reduce a ``(..., M, M)`` probe to ``(..., n, n)`` by keeping the central ``n x n`` of its
+    centred far field (orthonormal FFTs); the photon scale is set later by the simulation."""
+    m = probe.shape[-1]
+    if m == n:
+        return probe.astype(np.complex64)
+    if m < n:
+        raise ValueError(f"probe: expected at least {n} x {n} pixels, got {m} x {m}")
+    far = np.fft.fftshift(np.fft.fft2(probe, norm="ortho"), axes=(-2, -1))
+    lo = m // 2 - n // 2
+    far = far[..., lo:lo + n, lo:lo + n]
+    return np.fft.ifft2(np.fft.ifftshift(far, axes=(-2, -1)), norm="ortho").astype(np.complex64)
+
+
+def cell_config(preset: dict[str, Any], gridsize: int, photons: float, probe: str,
+                seed: int, accelerator: str) -> Config:
+    """The full run config of one benchmark cell."""
+    sim = SimulationConfig(
+        object_kind="lines", object_size_px=preset["object_size_px"],
+        probe_kind="disk" if probe == "ideal" else "file",
+        probe_file=None if probe == "ideal" else EXPERIMENTAL_PROBE,
+        probe_size_px=N_PX, probe_radius_px=16.0, scan_kind="jittered",
+        scan_step_px=preset["scan_step_px"], photons_per_pattern=photons, seed=seed)
+    return Config(
+        simulation=sim,
+        grouping=GroupingConfig(gridsize=gridsize, k_neighbors=6),
+        model=ModelConfig(width=preset["width"], depth=preset["depth"]),
+        train=TrainConfig(epochs=preset["epochs"], batch_size=preset["batch_size"],
+                          learning_rate=preset["learning_rate"], val_fraction=0.1,
+                          max_time_s=preset["max_time_s"], accelerator=accelerator,
+                          progress_bar=False),
+        infer=InferConfig(),
+    )
+
+
+def run_cell(cfg: Config, probe_file: np.ndarray | None, out: Path,
+             groups_per_pattern: int = 1) -> dict[str, Any]:
+    """Simulate, train, reconstruct and score one cell; returns the JSON row.
+
+    ``groups_per_pattern > 1`` (gridsize > 1 only) draws that many distinct groups per seed
+    pattern for training (``grouping.allow_oversampling``): more samples from the same scan.
+    """
+    t0 = time.perf_counter()
+    if cfg.simulation.probe_kind == "file":
+        train, test = simulate_train_test(cfg.simulation, probe_from_file=probe_file)
+    else:
+        train, test = simulate_train_test(cfg.simulation)
+    if cfg.grouping.gridsize > 1 and groups_per_pattern > 1:
+        cfg = dataclasses.replace(cfg, grouping=dataclasses.replace(
+            cfg.grouping, n_groups=groups_per_pattern * train.n_patterns,
+            allow_oversampling=True))
+    res = train_model(cfg, train, out / "run")
+    bundle = load_bundle(res.bundle_dir)
+    recon = reconstruct(bundle, test, cfg.infer)
+    m = evaluate(recon.object, test.object_true, mask=recon.covered)
+    io.save_npz(out / "reconstruction.npz", {"object": recon.object, "covered": recon.covered,
+                                             "truth": test.object_true})
+    return {
+        "gridsize": cfg.grouping.gridsize,
+        "photons": cfg.simulation.photons_per_pattern,
+        "probe": "ideal" if cfg.simulation.probe_kind == "disk" else "experimental",
+        "amp_ssim": m["amplitude"]["ssim"],
+        "amp_pearson": m["amplitude"]["pearson"],
+        "phase_ssim": m["phase"]["ssim"],
+        "phase_pearson": m["phase"]["pearson"],
+        "mean_ratio": m["amplitude"]["mean_ratio"],
+        "train_s": res.fit_time_s,
+        "epochs": res.epochs_run,
+        "train_patterns": train.n_patterns,
+        "train_groups": res.n_train_groups,
+        "test_patterns": test.n_patterns,
+        "nll_per_pixel": float(np.mean(recon.nll_per_pattern)),
+        "cell_s": time.perf_counter() - t0,
+        "metrics": m,
+    }
+
+
+def machine_info(accelerator: str) -> dict[str, Any]:
+    cuda = torch.cuda.is_available() and accelerator != "cpu"
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--photons", type=float, nargs="+", default=[1e9, 1e6])
+    parser.add_argument("--gridsize", type=int, nargs="+", default=[2])
+    parser.add_argument("--probe", choices=["ideal", "experimental"], nargs="+",
+                        default=["ideal"])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default="auto")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset")
+    parser.add_argument("--max-time-s", type=float, default=None, help="override the preset")
+    parser.add_argument("-o", "--outdir", default="bench_quality")
+    args = parser.parse_args(argv)
+    preset = dict(PRESETS[args.preset])
+    if args.epochs is not None:
+        preset["epochs"] = args.epochs
+    if args.max_time_s is not None:
+        preset["max_time_s"] = args.max_time_s
+    out = Path(args.outdir)
+    info = machine_info(args.accelerator)
+    for k, v in info.items():
+        print(f"{k:<14}: {v}")
+    print(f"preset        : {args.preset} {preset}")
+    probe_file = None
+    if "experimental" in args.probe:
+        probe_file = crop_probe_far_field(io.read_scan(EXPERIMENTAL_PROBE).probe, N_PX)
+    rows = []
+    header = (f"{'gs':>2} {'photons':>8} {'probe':>12} {'ampSSIM':>8} {'ampR':>6} {'phSSIM':>7} "
+              f"{'mean':>6} {'train_s':>8} {'epochs':>6}")
+    for probe in args.probe:
+        for gs in args.gridsize:
+            for ph in args.photons:
+                cfg = cell_config(preset, gs, ph, probe, args.seed, args.accelerator)
+                name = f"gs{gs}_{probe}_{ph:.0e}"
+                row = run_cell(cfg, probe_file, out / name, preset["groups_per_pattern"])
+                row["loadavg_after"] = list(os.getloadavg())
+                rows.append(row)
+                print(f"[{name}] amp SSIM {_fmt(row['amp_ssim'], '.3f')} phase SSIM "
+                      f"{_fmt(row['phase_ssim'], '.3f')} in {row['cell_s']:.0f} s", flush=True)
+                io.write_json(out / "quality.json", {"machine": info, "preset": args.preset,
+                                                     "preset_values": preset, "rows": rows})
+    print(header)
+    for r in rows:
+        print(f"{r['gridsize']:>2} {r['photons']:>8.0e} {r['probe']:>12} "
+              f"{_fmt(r['amp_ssim'], '8.3f')} {_fmt(r['amp_pearson'], '6.3f')} "
+              f"{_fmt(r['phase_ssim'], '7.3f')} {_fmt(r['mean_ratio'], '6.3f')} "
+              f"{r['train_s']:>8.0f} {r['epochs']:>6}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

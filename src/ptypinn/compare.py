@@ -1,0 +1,413 @@
+"""Run any subset of {PINN, Baseline, PtyChi} on one test scan and write the comparison (SPEC §8).
+
+Two steps, so arms can also be produced elsewhere (or built by hand in tests):
+
+1. :func:`run_arms` reconstructs the scan with each requested arm -- a PINN bundle, a supervised
+   baseline bundle (both through :func:`ptypinn.infer.reconstruct`) and pty-chi
+   (:func:`ptypinn.iterative.reconstruct_ptychi`, same probe and positions) -- one after the
+   other on the same machine, and times each.
+2. :func:`compare` scores them and writes, into one directory::
+
+       metrics.csv      long format: model, quantity, metric, value
+       metrics.json     the summary returned by compare (JSON)
+       comparison.png   amplitude / phase rows x (ground truth, arm, arm, ...) columns
+       frc.csv          model, spatial_frequency (cycles/px), frc, threshold_half_bit
+       frc.png          the FRC curves with the 1/2-bit and 1/7 thresholds
+       timings.csv      model, wall_time_s, patterns_per_s, speedup_vs_ptychi
+
+Scored region: the intersection of all arms' ``covered`` masks, so every arm is judged on the
+same pixels.  PtyChi has no patch crop; its ``covered`` mask is the region a network arm with the
+same crop covers (:func:`footprint_mask`: the stitcher run on all-ones patches), so the three arms
+are scored on identical pixels whichever subset runs.
+
+With ground truth (simulation) each arm is scored against it with :func:`ptypinn.metrics.evaluate`
+(registration, global-phase removal, amplitude/phase metrics, FRC) and its FRC curve vs the truth
+is kept.  Without ground truth (measured data) the arms are compared with each other: for each
+pair ``A vs B`` (A earlier in the list), B is registered onto A and ``evaluate(B, A)`` gives the
+agreement (SSIM, Pearson, ... of amplitude and phase, FRC between them).  Both cases report each
+arm's data Poisson NLL per pixel (minus the saturated model's; about 0.5 for a perfect object at
+high counts), the ground-truth-free measure of fit.
+
+Timings are ``wall_time_s`` of each arm's reconstruction (network: inference + stitching; pty-chi:
+building and running its task) and ``speed-up = PtyChi wall time / arm wall time``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _text_io
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ptypinn.config import InferConfig
+from ptypinn.data import ScanData
+from ptypinn.metrics import AlignedPair, align, evaluate, frc, metrics_long_rows
+
+__all__ = ["ArmResult", "ARM_NAMES", "footprint_mask", "run_arms", "compare", "summary_table"]
+
+log = logging.getLogger(__name__)
+
+ARM_NAMES = {"pinn": "PINN", "baseline": "Baseline", "ptychi": "PtyChi"}
+"""Display name of each arm (the ``model`` column of the tables)."""
+
+_PTYCHI_DEVICES = ("auto", "cpu", "cuda")
+_FOOTPRINT_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """One arm's reconstruction of a scan.
+
+    Attributes
+    ----------
+    name : str
+        Label in the tables and figures (``PINN``, ``Baseline``, ``PtyChi``, ...).
+    object : complex64 ``(Hy, Wx)``
+        Reconstruction in the scan's object frame (``scan.object_shape_px``).
+    covered : bool ``(Hy, Wx)``
+        Pixels the arm reconstructed.
+    wall_time_s : float
+        Reconstruction time in seconds.
+    patterns_per_s : float
+        ``n_patterns / wall_time_s``.
+    nll_per_pixel : float
+        Mean over patterns of the data Poisson NLL per pixel minus the saturated model's
+        (:func:`ptypinn.infer.data_nll`).
+    details : dict
+        JSON-friendly extras (bundle path, pty-chi algorithm and iterations, ...).
+    """
+
+    name: str
+    object: np.ndarray
+    covered: np.ndarray
+    wall_time_s: float
+    patterns_per_s: float
+    nll_per_pixel: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------
+# running the arms
+
+
+def footprint_mask(scan: ScanData, crop_px: int | None = None) -> np.ndarray:
+    """Pixels covered by the scan's (cropped) probe windows, as a network arm's ``covered``.
+
+    Runs :class:`ptypinn.stitch.Stitcher` on all-ones patches with the crop a network arm uses
+    (``crop_px``, default :func:`ptypinn.infer.default_crop_px` of the scan's probe), streamed in
+    batches.
+
+    Returns
+    -------
+    bool ``(Hy, Wx)`` in the scan's object frame.
+    """
+    from ptypinn.infer import default_crop_px
+    from ptypinn.stitch import Stitcher
+
+    n = scan.pattern_size
+    stitcher = Stitcher(scan.object_shape_px, n, crop_px=crop_px or default_crop_px(scan.probe))
+    positions = torch.from_numpy(scan.positions_px)
+    for s in range(0, scan.n_patterns, _FOOTPRINT_BATCH):
+        pos = positions[s:s + _FOOTPRINT_BATCH]
+        stitcher.add(torch.ones((pos.shape[0], n, n), dtype=torch.complex64), pos)
+    return stitcher.result()[1]
+
+
+def _ptychi_device(device: str) -> str:
+    if device in _PTYCHI_DEVICES:
+        return device
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def _load_network(path: str, kind: str):
+    from ptypinn.bundle import load_bundle
+
+    bundle = load_bundle(path)
+    got = bundle.config.model.kind
+    if got != kind:
+        raise ValueError(f"{kind}: expected a bundle with model.kind '{kind}', got '{got}' "
+                         f"({path})")
+    return bundle
+
+
+def run_arms(scan: ScanData, pinn: str | os.PathLike | None = None,
+             baseline: str | os.PathLike | None = None, ptychi: str | None = None,
+             ptychi_iterations: int = 100, infer_cfg: InferConfig = InferConfig(),
+             ) -> list[ArmResult]:
+    """Reconstruct ``scan`` with each requested arm, in the order PINN, Baseline, PtyChi.
+
+    Every input is checked (bundles loaded, kinds matched, pty-chi importable, its config valid)
+    before anything runs.
+
+    Parameters
+    ----------
+    scan : ScanData
+        The test scan.
+    pinn, baseline : path, optional
+        Bundle (or run) directories whose ``model.kind`` is ``pinn`` / ``baseline``.
+    ptychi : {"lsqml", "epie", "rpie", "dm"}, optional
+        pty-chi engine; the scan's probe is kept fixed, as for the networks.
+    ptychi_iterations : int
+        pty-chi epochs.
+    infer_cfg : InferConfig
+        Batch size, crop, precision and device of the network arms; the device (``cuda:k`` ->
+        ``cuda``) and crop (for the covered region) are also used for pty-chi.
+
+    Returns
+    -------
+    list of ArmResult
+
+    Raises
+    ------
+    ValueError
+        No arm requested, a bundle of the wrong kind, or pty-chi not usable (with the reason).
+    """
+    from ptypinn.infer import data_nll, reconstruct
+    from ptypinn.iterative import IterativeConfig, ptychi_available, reconstruct_ptychi
+
+    if pinn is None and baseline is None and ptychi is None:
+        raise ValueError("arms: expected at least one of pinn, baseline, ptychi, got none")
+    networks = [(kind, str(path), _load_network(str(path), kind))
+                for kind, path in (("pinn", pinn), ("baseline", baseline)) if path is not None]
+    it_cfg = None
+    if ptychi is not None:
+        it_cfg = IterativeConfig(algorithm=ptychi, iterations=ptychi_iterations,  # type: ignore
+                                 device=_ptychi_device(infer_cfg.device))
+        ok, why = ptychi_available()
+        if not ok:
+            raise ValueError(f"ptychi: expected an importable pty-chi, got: {why}")
+
+    arms: list[ArmResult] = []
+    for kind, path, bundle in networks:
+        rec = reconstruct(bundle, scan, infer_cfg)
+        arms.append(ArmResult(
+            name=ARM_NAMES[kind], object=rec.object, covered=rec.covered,
+            wall_time_s=rec.wall_time_s, patterns_per_s=rec.patterns_per_s,
+            nll_per_pixel=float(np.mean(rec.nll_per_pattern)),
+            details={"bundle": path, "crop_px": rec.crop_px}))
+        log.info("%s: %.2f s (%.0f patterns/s)", ARM_NAMES[kind], rec.wall_time_s,
+                 rec.patterns_per_s)
+    if it_cfg is not None:
+        res = reconstruct_ptychi(scan, it_cfg)
+        nll = data_nll(res.object, scan, batch_size=infer_cfg.batch_size)
+        wall = res.wall_time_s
+        arms.append(ArmResult(
+            name=ARM_NAMES["ptychi"], object=res.object,
+            covered=footprint_mask(scan, infer_cfg.crop_px), wall_time_s=wall,
+            patterns_per_s=scan.n_patterns / wall if wall > 0 else math.nan,
+            nll_per_pixel=float(np.mean(nll)),
+            details={"algorithm": res.algorithm, "iterations": res.iterations,
+                     "final_loss": res.loss_history[-1] if res.loss_history else None}))
+    return arms
+
+
+# ------------------------------------------------------------------------------------------------
+# scoring and writing
+
+
+def _check_arms(scan: ScanData, arms: list[ArmResult]) -> np.ndarray:
+    """Validate the arms against the scan; return the common covered mask."""
+    if not arms:
+        raise ValueError("arms: expected at least one ArmResult, got none")
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"arms: expected unique names, got {names}")
+    shape = scan.object_shape_px
+    common = np.ones(shape, dtype=bool)
+    for a in arms:
+        for what, arr in (("object", a.object), ("covered", a.covered)):
+            if np.shape(arr) != shape:
+                raise ValueError(f"{a.name}.{what}: expected shape {shape} (the scan's object "
+                                 f"frame), got {np.shape(arr)}")
+        common &= np.asarray(a.covered, dtype=bool)
+    if not common.any():
+        raise ValueError(f"covered: expected pixels covered by every arm ({names}), got none")
+    return common
+
+
+def _frc_of(pair: AlignedPair) -> dict[str, Any] | None:
+    """FRC of an aligned pair on its mask's bounding box (each image mean-free, zero off-mask),
+    as :func:`ptypinn.metrics.evaluate` computes it."""
+    m = pair.mask
+    rows = np.flatnonzero(m.any(axis=1))
+    cols = np.flatnonzero(m.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    if min(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 < 4:
+        return None
+    mb = m[box]
+
+    def prep(img: np.ndarray) -> np.ndarray:
+        sub = img[box].astype(np.complex128)
+        return np.where(mb, sub - sub[mb].mean(), 0)
+
+    return frc(prep(pair.recon), prep(pair.truth))
+
+
+def _cell(v: Any) -> str:
+    """CSV cell: empty for None, shortest round-tripping text for floats."""
+    if v is None:
+        return ""
+    return repr(float(v)) if isinstance(v, float) else str(v)
+
+
+def _csv(header: list[str], rows: list[dict[str, Any]]) -> str:
+    buf = _text_io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        w.writerow([_cell(r[k]) for k in header])
+    return buf.getvalue()
+
+
+def _finite(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def compare(scan: ScanData, arms: list[ArmResult], out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Score the arms on ``scan`` and write the comparison files into ``out_dir``.
+
+    Parameters
+    ----------
+    scan : ScanData
+        The scan all arms reconstructed (``object_true`` decides: scoring vs ground truth, or
+        agreement between arms).
+    arms : list of ArmResult
+        Objects in the scan's object frame; names unique.
+    out_dir : path
+
+    Returns
+    -------
+    dict
+        JSON-friendly summary (also written as ``metrics.json``): ``ground_truth``,
+        ``scored_pixels``, ``arms`` (per arm: timings, ``speedup_vs_ptychi``, ``nll_per_pixel``,
+        ``details`` and, with truth, ``metrics``), ``agreement`` (without truth:
+        ``{"A vs B": metrics}``), ``truth_nll_per_pixel`` (with truth), ``frc_units``, ``files``.
+    """
+    from ptypinn import io, report
+    from ptypinn.infer import data_nll
+
+    out = Path(out_dir)
+    common = _check_arms(scan, arms)
+    truth = scan.object_true
+    ptychi = next((a for a in arms if a.name == ARM_NAMES["ptychi"]), None)
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, dict[str, Any]] = {}
+    shown: dict[str, np.ndarray] = {}
+    summary: dict[str, Any] = {
+        "n_patterns": scan.n_patterns,
+        "object_shape_px": list(scan.object_shape_px),
+        "ground_truth": truth is not None,
+        "scored_pixels": int(common.sum()),
+        "scored_region": "pixels covered by every arm",
+        "arms": {},
+        "frc_units": "cycles/px",
+    }
+    if scan.meta.get("object_pixel_size_m"):
+        summary["object_pixel_size_m"] = float(scan.meta["object_pixel_size_m"])
+    for a in arms:
+        speedup = (ptychi.wall_time_s / a.wall_time_s
+                   if ptychi is not None and a.wall_time_s > 0 else None)
+        summary["arms"][a.name] = {
+            "wall_time_s": float(a.wall_time_s), "patterns_per_s": _finite(a.patterns_per_s),
+            "speedup_vs_ptychi": _finite(speedup), "nll_per_pixel": _finite(a.nll_per_pixel),
+            "details": dict(a.details)}
+
+    if truth is not None:
+        summary["truth_nll_per_pixel"] = float(np.mean(data_nll(truth, scan)))
+        for a in arms:
+            m = evaluate(a.object, truth, mask=common)
+            summary["arms"][a.name]["metrics"] = m
+            rows += metrics_long_rows(a.name, m)
+            pair = align(a.object, truth, mask=common)
+            shown[a.name] = pair.recon
+            curve = _frc_of(pair)
+            if curve is not None:
+                curves[a.name] = curve
+    else:
+        summary["agreement"] = {}
+        ref = arms[0]
+        shown[ref.name] = ref.object
+        for a, b in combinations(arms, 2):
+            label = f"{a.name} vs {b.name}"
+            m = evaluate(b.object, a.object, mask=common)
+            summary["agreement"][label] = m
+            rows += metrics_long_rows(label, m)
+            pair = align(b.object, a.object, mask=common)
+            curve = _frc_of(pair)
+            if curve is not None:
+                curves[label] = curve
+            if a is ref:  # every other arm registered onto the first one for the figure
+                shown[b.name] = pair.recon
+    for a in arms:
+        rows.append({"model": a.name, "quantity": "data", "metric": "nll_per_pixel",
+                     "value": _finite(a.nll_per_pixel)})
+
+    frc_rows = [{"model": label, "spatial_frequency": float(f), "frc": _finite(float(v)),
+                 "threshold_half_bit": float(t)}
+                for label, c in curves.items()
+                for f, v, t in zip(c["spatial_frequency"], c["frc"], c["threshold_half_bit"])]
+    timing_rows = [{"model": a.name, **{k: summary["arms"][a.name][k] for k in
+                                        ("wall_time_s", "patterns_per_s", "speedup_vs_ptychi")}}
+                   for a in arms]
+    title = (f"{scan.n_patterns} patterns, scored on {int(common.sum())} px covered by all arms"
+             + ("" if truth is not None else f" (no ground truth; aligned to {arms[0].name})"))
+    files = ["metrics.csv", "metrics.json", "comparison.png", "frc.csv", "frc.png", "timings.csv"]
+    summary["files"] = files
+    io.write_text(out / "metrics.csv", _csv(["model", "quantity", "metric", "value"], rows))
+    io.write_text(out / "frc.csv", _csv(["model", "spatial_frequency", "frc",
+                                         "threshold_half_bit"], frc_rows))
+    io.write_text(out / "timings.csv", _csv(["model", "wall_time_s", "patterns_per_s",
+                                             "speedup_vs_ptychi"], timing_rows))
+    io.write_bytes(out / "comparison.png", report.comparison_png(truth, shown, common, title))
+    if curves:
+        io.write_bytes(out / "frc.png", report.frc_png(
+            curves, "FRC vs ground truth" if truth is not None else "FRC between arms"))
+    else:
+        files.remove("frc.png")
+        log.warning("scored region too small for an FRC curve; frc.png not written")
+    io.write_json(out / "metrics.json", summary)
+    log.info("comparison of %s written to %s", ", ".join(a.name for a in arms), out)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# console
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """A few readable lines of :func:`compare`'s summary for the console."""
+    lines = [f"{'model':<10} {'time (s)':>9} {'patt/s':>8} {'speed-up':>9} {'NLL/px':>7}"
+             + ("  amp SSIM  amp r  phase SSIM  phase r  FRC1/2 (px)"
+                if summary["ground_truth"] else "")]
+    for name, a in summary["arms"].items():
+        su = a["speedup_vs_ptychi"]
+        line = (f"{name:<10} {a['wall_time_s']:>9.3g} {_fmt(a['patterns_per_s'], '.0f'):>8} "
+                f"{(_fmt(su, '.1f') + 'x') if su is not None else '-':>9} "
+                f"{_fmt(a['nll_per_pixel']):>7}")
+        m = a.get("metrics")
+        if m:
+            line += (f"  {_fmt(m['amplitude']['ssim']):>8}  {_fmt(m['amplitude']['pearson']):>5}"
+                     f"  {_fmt(m['phase']['ssim']):>10}  {_fmt(m['phase']['pearson']):>7}"
+                     f"  {_fmt(m['complex']['frc_half_bit_px'], '.2f'):>11}")
+        lines.append(line)
+    if summary["ground_truth"]:
+        lines.append(f"ground truth NLL/px: {summary['truth_nll_per_pixel']:.3f}")
+    for label, m in summary.get("agreement", {}).items():
+        lines.append(f"{label}: amplitude SSIM {_fmt(m['amplitude']['ssim'])} r "
+                     f"{_fmt(m['amplitude']['pearson'])}; phase SSIM {_fmt(m['phase']['ssim'])} r "
+                     f"{_fmt(m['phase']['pearson'])}; FRC 1/2-bit period "
+                     f"{_fmt(m['complex']['frc_half_bit_px'], '.2f')} px")
+    lines.append(f"scored on {summary['scored_pixels']} px covered by every arm")
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""Training: normalization from the train split, NaN guard, resume, 2-process DDP on CPU."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ptypinn import io
+from ptypinn.config import Config, from_dict
+from ptypinn.data import amplitude_scale
+from ptypinn.models import PINN
+from ptypinn.train import TrainingDiverged, train_model
+
+
+def _cfg(**train):
+    return from_dict(Config, {
+        "grouping": {"gridsize": 2},
+        "model": {"width": 8, "depth": 2},
+        "train": {"epochs": 2, "batch_size": 8, "progress_bar": False, **train},
+    })
+
+
+def test_train_writes_bundle_with_train_split_scale(tiny_pair, tmp_path):
+    train, test = tiny_pair
+    res = train_model(_cfg(), train, tmp_path)
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["amplitude_scale"] == pytest.approx(amplitude_scale(train.counts))
+    assert manifest["amplitude_scale"] != pytest.approx(amplitude_scale(test.counts), rel=1e-6)
+    assert res.epochs_run == 2 and res.n_val_groups > 0
+    rows = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
+    assert "train_loss" in rows[0] and len(rows) > 1
+
+
+def test_nan_guard_stops_and_keeps_last_checkpoint(tiny_pair, tmp_path, monkeypatch):
+    train, _ = tiny_pair
+    calls = {"n": 0}
+    real = PINN.loss
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        loss, logs = real(self, batch)
+        return (loss * float("nan"), logs) if calls["n"] > 40 else (loss, logs)
+
+    monkeypatch.setattr(PINN, "loss", flaky)
+    with pytest.raises(TrainingDiverged, match=r"became nan .*Last good checkpoint: .*last\.ckpt"):
+        train_model(_cfg(epochs=5, val_fraction=0.0), train, tmp_path)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_resume_continues_epochs(tiny_pair, tmp_path):
+    train, _ = tiny_pair
+    train_model(_cfg(epochs=1), train, tmp_path)
+    res = train_model(_cfg(epochs=2), train, tmp_path, resume=True)
+    assert res.epochs_run == 2
+    with pytest.raises(ValueError, match="--resume"):
+        train_model(_cfg(), train, tmp_path / "empty", resume=True)
+
+
+def test_ddp_two_cpu_ranks_end_identical(tiny_pair, tmp_path):
+    train, _ = tiny_pair
+    io.write_scan(tmp_path / "train.npz", train)
+    cmd = [sys.executable, "-m", "ptypinn.cli", "train", "--train", str(tmp_path / "train.npz"),
+           "-o", str(tmp_path / "run"), "--set", "model.width=8", "--set", "model.depth=2",
+           "--set", "train.epochs=1", "--set", "train.batch_size=8",
+           "--set", "train.progress_bar=false", "--set", "train.accelerator=cpu",
+           "--set", "train.devices=2", "--set", "train.strategy=ddp"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((tmp_path / "run" / "bundle" / "manifest.json").read_text())
+    assert manifest["training"]["ranks_identical"] is True
+
+
+def test_baseline_trains_on_truth(tiny_pair, tmp_path):
+    train, _ = tiny_pair
+    cfg = from_dict(Config, {"model": {"kind": "baseline", "width": 8, "depth": 2},
+                             "train": {"epochs": 1, "progress_bar": False}})
+    train_model(cfg, train, tmp_path)
+    assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["kind"] == "baseline"
+    assert np.isfinite(torch.load(tmp_path / "checkpoints" / "last.ckpt",
+                                  weights_only=False)["epoch"])
