@@ -26,6 +26,18 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FILES = ("metrics.csv", "metrics.json", "comparison.png", "frc.csv", "frc.png", "timings.csv")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a shared 2-core machine
+    (thread oversubscription made a 1-epoch fit 10-30x slower); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def scan() -> ScanData:
     cfg = SimulationConfig(object_kind="lines", object_size_px=96, probe_size_px=32,

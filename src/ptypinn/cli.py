@@ -31,6 +31,7 @@ EXIT_DIVERGED = 3
 def _setup_logging(verbose: bool) -> None:
     root = logging.getLogger("ptypinn")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False  # pty-chi adds a handler to the root logger: avoid duplicate lines
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
                for h in root.handlers):
         h = logging.StreamHandler(sys.stderr)
@@ -169,6 +170,20 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ptypinn.compare import compare, run_arms, summary_table
+
+    cfg = _config(args)
+    scan = _read_scan(args.scan, args.measurement)
+    out = Path(args.output)
+    arms = run_arms(scan, pinn=args.pinn, baseline=args.baseline, ptychi=args.ptychi,
+                    ptychi_iterations=args.ptychi_iterations, infer_cfg=cfg.infer)
+    _log_to_file(out)
+    _write_config(out, cfg)
+    print(summary_table(compare(scan, arms, out)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ptypinn.demo import run_demo
 
@@ -227,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True, help="output directory")
     r.add_argument("--measurement", **measurement)
     r.set_defaults(func=cmd_reconstruct)
+
+    c = sub.add_parser("compare", help="run PINN / baseline / pty-chi on one scan and compare them")
+    c.add_argument("scan", help="test scan file")
+    _add_common(c, config_positional=False)
+    c.add_argument("--pinn", help="PINN run or bundle directory")
+    c.add_argument("--baseline", help="supervised-baseline run or bundle directory")
+    c.add_argument("--ptychi", choices=["lsqml", "epie", "rpie", "dm"],
+                   help="also run pty-chi with this engine (needs ptypinn[iterative])")
+    c.add_argument("--ptychi-iterations", type=int, default=100, metavar="N",
+                   help="pty-chi epochs (default 100)")
+    c.add_argument("-o", "--output", required=True, help="output directory")
+    c.add_argument("--measurement", **measurement)
+    c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="whole pipeline on built-in synthetic data (a few minutes)")
     d.add_argument("-o", "--output", default="runs/demo", help="output directory")

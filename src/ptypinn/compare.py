@@ -42,7 +42,7 @@ import os
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ import torch
 from ptypinn.config import InferConfig
 from ptypinn.data import ScanData
 from ptypinn.metrics import AlignedPair, align, evaluate, frc, metrics_long_rows
+
+if TYPE_CHECKING:
+    from ptypinn.bundle import Bundle
 
 __all__ = ["ArmResult", "ARM_NAMES", "footprint_mask", "run_arms", "compare", "summary_table"]
 
@@ -127,7 +130,7 @@ def _ptychi_device(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
-def _load_network(path: str, kind: str):
+def _load_network(path: str, kind: str) -> Bundle:
     from ptypinn.bundle import load_bundle
 
     bundle = load_bundle(path)
@@ -170,7 +173,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | None = None,
     ValueError
         No arm requested, a bundle of the wrong kind, or pty-chi not usable (with the reason).
     """
-    from ptypinn.infer import data_nll, reconstruct
+    from ptypinn.infer import data_nll, reconstruct, resolve_device
     from ptypinn.iterative import IterativeConfig, ptychi_available, reconstruct_ptychi
 
     if pinn is None and baseline is None and ptychi is None:
@@ -197,7 +200,8 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | None = None,
                  rec.patterns_per_s)
     if it_cfg is not None:
         res = reconstruct_ptychi(scan, it_cfg)
-        nll = data_nll(res.object, scan, batch_size=infer_cfg.batch_size)
+        nll = data_nll(res.object, scan, batch_size=infer_cfg.batch_size,
+                       device=resolve_device(infer_cfg.device))
         wall = res.wall_time_s
         arms.append(ArmResult(
             name=ARM_NAMES["ptychi"], object=res.object,

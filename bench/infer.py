@@ -1,0 +1,146 @@
+"""Inference + stitching throughput and memory (issue: the PINN, "Speed").
+
+Run::
+
+    .venv/bin/python bench/infer.py                         # batch sweep on 10k patterns, CPU
+    .venv/bin/python bench/infer.py --device cuda --patterns 100000
+    .venv/bin/python bench/infer.py --memory 10000 100000   # peak memory vs scan size
+
+Measures ``infer.reconstruct`` end to end (normalization, grouping, network, overlap constraint,
+stitching; the data-NLL pass is timed separately) for 64x64 patterns with an untrained gridsize-1
+or -2 model of the default size (the weights do not change the cost).  Scans are built by tiling a
+small simulated scan over random positions on a large canvas, so building them is cheap.  Memory
+runs go in fresh subprocesses (peak RSS is per process); on CUDA the peak allocated device memory
+is reported too.  Also reports training throughput (groups/s) for a few steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from ptypinn.bundle import Bundle
+from ptypinn.config import Config, InferConfig, from_dict
+from ptypinn.data import ScanData, amplitude_scale
+from ptypinn.infer import reconstruct
+from ptypinn.models import build_model
+from ptypinn.simulate import simulate_scan
+
+
+def machine() -> str:
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"
+    return (f"{platform.platform()} | {platform.processor() or platform.machine()} | "
+            f"{os.cpu_count()} cores | torch {torch.__version__} ({torch.get_num_threads()} threads)"
+            f" | {dev}")
+
+
+def make_scan(n_patterns: int, seed: int = 0) -> ScanData:
+    base = simulate_scan(from_dict(Config, {"simulation": {
+        "object_size_px": 128, "probe_size_px": 64, "probe_radius_px": 16.0,
+        "scan_step_px": 8.0, "photons_per_pattern": 1e6, "seed": seed}}).simulation)
+    rng = np.random.default_rng(seed)
+    side = int(np.sqrt(n_patterns) * 6) + 80
+    pos = rng.uniform(33, side - 34, (n_patterns, 2))
+    counts = base.counts[np.arange(n_patterns) % base.n_patterns]
+    return ScanData(counts=counts, positions_px=pos, probe=base.probe,
+                    meta={"provenance": "bench/infer.py tiled scan"})
+
+
+def make_bundle(scan: ScanData, gridsize: int, device: str) -> Bundle:
+    cfg = from_dict(Config, {"grouping": {"gridsize": gridsize}})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, torch.from_numpy(scan.probe),
+                        amplitude_scale(scan.counts[:1000]), gridsize**2).eval().to(device)
+    manifest = {"amplitude_scale": float(model.amplitude_scale), "group_size": gridsize**2,
+                "pattern_size": scan.pattern_size}
+    return Bundle(model=model, config=cfg, manifest=manifest)
+
+
+def run_once(n: int, batch: int, gridsize: int, device: str, amp: bool) -> dict:
+    scan = make_scan(n)
+    bundle = make_bundle(scan, gridsize, device)
+    cfg = InferConfig(batch_size=batch, device=device, mixed_precision=amp)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    rec = reconstruct(bundle, scan, cfg)
+    total = time.perf_counter() - t0
+    out = {"patterns": n, "batch": batch, "gridsize": gridsize, "device": device, "amp": amp,
+           "patterns_per_s": rec.patterns_per_s, "infer_stitch_s": rec.wall_time_s,
+           "with_nll_s": total,
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "rss_before_mib": rss0, "counts_mib": scan.counts.nbytes / 2**20}
+    if device.startswith("cuda"):
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def train_throughput(device: str, gridsize: int, steps: int = 20, batch: int = 16) -> float:
+    scan = make_scan(2000)
+    model = make_bundle(scan, gridsize, device).model.train()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    c = gridsize**2
+    counts = torch.from_numpy(scan.counts[: batch * c]).view(batch, c, 64, 64).to(device)
+    batch_d = {"counts": counts, "amplitudes": counts.sqrt() / float(model.amplitude_scale),
+               "offsets_px": torch.zeros(batch, c, 2, device=device)}
+    for i in range(steps + 3):
+        if i == 3:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        loss, _ = model.loss(batch_d)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--patterns", type=int, default=10000)
+    p.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024, 4096])
+    p.add_argument("--gridsize", type=int, default=1)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--memory", type=int, nargs="*", help="scan sizes for the memory check")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: JSON args of one subprocess run
+    a = p.parse_args()
+    if a.one:
+        print(json.dumps(run_once(**json.loads(a.one))))
+        return
+    print(machine())
+    print(f"training throughput (gridsize {a.gridsize}, batch 16): "
+          f"{train_throughput(a.device, a.gridsize):.1f} groups/s")
+    if a.memory:
+        print("patterns  batch  patterns/s  peak RSS MiB  (counts MiB)  peak CUDA MiB")
+        for n in a.memory:
+            args = dict(n=n, batch=a.batches[-1], gridsize=a.gridsize, device=a.device, amp=a.amp)
+            res = subprocess.run([sys.executable, __file__, "--one", json.dumps(args)],
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            print(f"{n:8d} {r['batch']:6d} {r['patterns_per_s']:11.0f} {r['peak_rss_mib']:13.0f}"
+                  f" ({r['counts_mib']:.0f}) {r.get('peak_cuda_mib', float('nan')):14.0f}")
+        return
+    print(f"patterns {a.patterns}, gridsize {a.gridsize}, device {a.device}, amp {a.amp}")
+    print("batch  patterns/s  infer+stitch s  incl. NLL pass s")
+    for b in a.batches:
+        r = run_once(a.patterns, b, a.gridsize, a.device, a.amp)
+        print(f"{b:5d} {r['patterns_per_s']:11.0f} {r['infer_stitch_s']:15.2f} {r['with_nll_s']:17.2f}")
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory():
+        main()
