@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import platform
 import sys
@@ -39,6 +40,7 @@ from ptypinn import io
 from ptypinn.bundle import load_bundle
 from ptypinn.config import (Config, GroupingConfig, InferConfig, ModelConfig, SimulationConfig,
                             TrainConfig)
+from ptypinn.grouping import probe_radius_px_from_probe
 from ptypinn.infer import reconstruct
 from ptypinn.metrics import evaluate
 from ptypinn.simulate import simulate_train_test
@@ -73,6 +75,19 @@ def crop_probe_far_field(probe: np.ndarray, n: int) -> np.ndarray:
     return np.fft.ifft2(np.fft.ifftshift(far, axes=(-2, -1)), norm="ortho").astype(np.complex64)
 
 
+def inscribed_crop_px(probe: np.ndarray) -> int:
+    """Even side of the square inscribed in the probe footprint (half-maximum radius r):
+    ``2 * round(r / sqrt 2) + 2`` (24 px for the r = 16 disk).
+
+    Stitching the full ``2 r + 4`` square (``infer.default_crop_px``) averages in its corners,
+    which lie outside the probe: unconstrained by the data, there the network returns ~0 and the
+    stitched amplitude came out 15 % low (measured: amplitude SSIM 0.80 with 36 px, 0.935 with
+    24 px, same bundle).
+    """
+    r = probe_radius_px_from_probe(probe)
+    return int(min(probe.shape[-1], 2 * round(r / math.sqrt(2)) + 2))
+
+
 def cell_config(preset: dict[str, Any], gridsize: int, photons: float, probe: str,
                 seed: int, accelerator: str) -> Config:
     """The full run config of one benchmark cell."""
@@ -95,7 +110,7 @@ def cell_config(preset: dict[str, Any], gridsize: int, photons: float, probe: st
 
 
 def run_cell(cfg: Config, probe_file: np.ndarray | None, out: Path,
-             groups_per_pattern: int = 1) -> dict[str, Any]:
+             groups_per_pattern: int = 1, crop: str = "inscribed") -> dict[str, Any]:
     """Simulate, train, reconstruct and score one cell; returns the JSON row.
 
     ``groups_per_pattern > 1`` (gridsize > 1 only) draws that many distinct groups per seed
@@ -112,7 +127,12 @@ def run_cell(cfg: Config, probe_file: np.ndarray | None, out: Path,
             allow_oversampling=True))
     res = train_model(cfg, train, out / "run")
     bundle = load_bundle(res.bundle_dir)
-    recon = reconstruct(bundle, test, cfg.infer)
+    icfg = cfg.infer
+    if crop == "inscribed":
+        icfg = dataclasses.replace(icfg, crop_px=inscribed_crop_px(test.probe))
+    elif crop != "default":
+        icfg = dataclasses.replace(icfg, crop_px=int(crop))
+    recon = reconstruct(bundle, test, icfg)
     m = evaluate(recon.object, test.object_true, mask=recon.covered)
     io.save_npz(out / "reconstruction.npz", {"object": recon.object, "covered": recon.covered,
                                              "truth": test.object_true})
@@ -130,6 +150,7 @@ def run_cell(cfg: Config, probe_file: np.ndarray | None, out: Path,
         "train_patterns": train.n_patterns,
         "train_groups": res.n_train_groups,
         "test_patterns": test.n_patterns,
+        "crop_px": recon.crop_px,
         "nll_per_pixel": float(np.mean(recon.nll_per_pattern)),
         "cell_s": time.perf_counter() - t0,
         "metrics": m,
@@ -164,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset")
     parser.add_argument("--max-time-s", type=float, default=None, help="override the preset")
+    parser.add_argument("--crop", default="inscribed",
+                        help="stitching crop: 'inscribed' (square inside the probe footprint), "
+                             "'default' (infer.default_crop_px) or a number of pixels")
     parser.add_argument("-o", "--outdir", default="bench_quality")
     args = parser.parse_args(argv)
     preset = dict(PRESETS[args.preset])
@@ -187,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             for ph in args.photons:
                 cfg = cell_config(preset, gs, ph, probe, args.seed, args.accelerator)
                 name = f"gs{gs}_{probe}_{ph:.0e}"
-                row = run_cell(cfg, probe_file, out / name, preset["groups_per_pattern"])
+                row = run_cell(cfg, probe_file, out / name, preset["groups_per_pattern"],
+                               args.crop)
                 row["loadavg_after"] = list(os.getloadavg())
                 rows.append(row)
                 print(f"[{name}] amp SSIM {_fmt(row['amp_ssim'], '.3f')} phase SSIM "

@@ -121,14 +121,18 @@ def test_infer_pattern_size_mismatch_and_format_version(tmp_path, capsys, sim_fi
                          "-o", str(tmp_path / "o")], "format_version")
 
 
-def test_untrained_constant_prediction_is_an_error(tmp_path, capsys, sim_files):
+def test_constant_prediction_is_an_error(tmp_path, capsys, sim_files, monkeypatch):
     # a generator whose output is constant must be reported, never saved as a result
-    torch.manual_seed(0)
+    from ptypinn import networks
+
     scan = io.read_scan(sim_files / "test.npz")
     model = build_model(ModelConfig(width=8, depth=2), torch.from_numpy(scan.probe), 1.0, 1)
-    for p in model.generator.parameters():
-        torch.nn.init.zeros_(p)
     save_bundle(tmp_path / "flat", model, from_dict(Config, {"model": {"width": 8, "depth": 2}}), 1)
+
+    def constant(self, amplitudes, *args, **kwargs):
+        return torch.full(amplitudes.shape, 0.75 + 0j, dtype=torch.complex64)
+
+    monkeypatch.setattr(networks.UNetGenerator, "forward", constant)
     _user_error(capsys, ["infer", str(tmp_path / "flat"), "--scan", str(sim_files / "test.npz"),
                          "-o", str(tmp_path / "o")], "constant")
     assert not (tmp_path / "o").exists()

@@ -22,7 +22,9 @@ _DEMO = {
                    "scan_step_px": 6.0, "photons_per_pattern": 1e9, "seed": 1},
     "grouping": {"gridsize": 2, "k_neighbors": 6},
     "model": {"width": 16, "depth": 3},
-    "train": {"epochs": 25, "batch_size": 16, "learning_rate": 2e-3, "val_fraction": 0.1},
+    # ~6 s per epoch on 2 quiet cores; max_time_s keeps the demo under 5 min on a loaded machine
+    "train": {"epochs": 30, "batch_size": 16, "learning_rate": 2e-3, "val_fraction": 0.1,
+              "max_time_s": 200.0},
     "infer": {"batch_size": 256},
 }
 _QUICK = {

@@ -3,6 +3,8 @@
 PINN forward pass (one group of C patterns, SPEC §5)::
 
     normalized amplitudes (B,C,H,W) --generator--> patches O_c (B,C,H,W) complex
+             (the generator back-propagates each pattern with the probe's far-field phase
+              and refines that real-space estimate with a U-Net; see ``networks``)
       C > 1: merge the C patches into one region at their group-relative offsets
              (shift-and-add, weights w = |P| / max|P| in numerator AND denominator),
              then re-extract each member's patch from it          (overlap constraint)
@@ -125,7 +127,11 @@ class PINN(nn.Module):
 
 
 class SupervisedBaseline(nn.Module):
-    """PtychoNN-style baseline: the same generator trained with L1 on true amplitude and phase."""
+    """PtychoNN-style baseline: the same generator trained with L1 on true amplitude and phase.
+
+    The generator is the PINN's, including its fixed probe-dependent back-propagation input
+    layer, so the comparison isolates the loss (physics versus supervised), not the architecture.
+    """
 
     def __init__(self, generator: nn.Module, probe: torch.Tensor, amplitude_scale: float,
                  cfg: ModelConfig):
