@@ -166,8 +166,9 @@ class ScanData:
         for obj in (self.object_true, self.object_guess):
             if obj is not None:
                 return int(obj.shape[0]), int(obj.shape[1])
-        end = self.positions_px.max(axis=0) - self.pattern_size / 2 + self.pattern_size + 1
-        return int(math.ceil(end[0])), int(math.ceil(end[1]))
+        from ptypinn.stitch import canvas_shape_px
+
+        return canvas_shape_px(self.positions_px, self.pattern_size)
 
     @property
     def photons_per_pattern(self) -> float:

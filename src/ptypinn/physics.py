@@ -241,8 +241,3 @@ def place_patches(
     out = out[: batch * hy * wx]
     return out.view(batch, hy, wx)
 
-
-def required_canvas_px(positions_px: torch.Tensor, size: int) -> tuple[int, int]:
-    """Smallest canvas ``(Hy, Wx)`` whose pixel 0 frame holds every window (with bilinear margin)."""
-    end = window_starts(positions_px.to(torch.float64), size).reshape(-1, 2).amax(0) + size + 1
-    return int(math.ceil(float(end[0]))), int(math.ceil(float(end[1])))
