@@ -175,7 +175,10 @@ def test_real_scan_pinn_agrees_with_ptychi(tmp_path):
     """Self-supervised PINN vs pty-chi on 64 real patterns: their phases must correlate.
 
     pty-chi refines the probe (the one in the file is rough: with it fixed, the data NLL stays at
-    ~7-8 per pixel, against ~1.5 refined), and the PINN trains with that refined probe.
+    ~7-8 per pixel, against ~1.5 refined), and the PINN (gridsize 2) trains with that probe.
+    Measured (docs/siemens.md): phase r = 0.84 after 20 epochs (0.85 untrained: the agreement
+    comes mostly from the physics back-propagation layer and the overlap constraint; gridsize 1
+    gives 0.64); a wrong axis convention gives no star at all.  Threshold 0.7.
     """
     from ptypinn.bundle import load_bundle
     from ptypinn.compare import footprint_mask
@@ -189,7 +192,7 @@ def test_real_scan_pinn_agrees_with_ptychi(tmp_path):
     res = reconstruct_ptychi(scan, IterativeConfig(algorithm="epie", iterations=50,
                                                    optimize_probe=True, device="cpu"))
     scan = scan.replace(probe=res.probe)
-    cfg = load_config(None, ["model.width=8", "train.epochs=20", "train.batch_size=8",
+    cfg = load_config(None, ["model.width=8", "grouping.gridsize=2", "train.epochs=20", "train.batch_size=8",
                              "train.accelerator=cpu", "train.progress_bar=false",
                              "infer.device=cpu"])
     run = train_model(cfg, scan, tmp_path / "run")
@@ -199,4 +202,4 @@ def test_real_scan_pinn_agrees_with_ptychi(tmp_path):
     r_phase = pearson(np.angle(pair.truth), np.angle(pair.recon), pair.mask)
     r_amp = pearson(np.abs(pair.truth), np.abs(pair.recon), pair.mask)
     print(f"PINN vs pty-chi on 64 real patterns: phase r {r_phase:.3f}, amplitude r {r_amp:.3f}")
-    assert r_phase is not None and r_phase > 0.5
+    assert r_phase is not None and r_phase > 0.7

@@ -184,6 +184,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from ptypinn.studies import run_study, write_report
+
+    out = Path(args.output)
+    _log_to_file(out)
+    summary = write_report(out) if args.report_only else run_study(args.config, out, args.set)
+    print(summary["table"])
+    print(f"finding: {summary['finding']}")
+    print(f"report: {out / 'report.html'} ({summary['n_cells']} cells)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ptypinn.demo import run_demo
 
@@ -255,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output directory")
     c.add_argument("--measurement", **measurement)
     c.set_defaults(func=cmd_compare)
+
+    y = sub.add_parser("study", help="parameter study: dose, overlap, generalization or probe")
+    y.add_argument("config", help="study YAML (a study: section plus the base run sections)")
+    y.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one config value (repeatable; study.values=[...] too)")
+    y.add_argument("-o", "--output", required=True, help="study directory (re-running resumes)")
+    y.add_argument("--report-only", action="store_true",
+                   help="only rebuild results and report from the finished cells")
+    y.set_defaults(func=cmd_study)
 
     d = sub.add_parser("demo", help="whole pipeline on built-in synthetic data (a few minutes)")
     d.add_argument("-o", "--output", default="runs/demo", help="output directory")

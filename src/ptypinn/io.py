@@ -352,3 +352,10 @@ def read_probe(path: str | os.PathLike) -> np.ndarray:
             raise ValueError(f"{path}: not a plain array ({e})") from None
         return np.asarray(arr, dtype=np.complex64)
     return read_scan(path).probe
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return path.read_bytes()

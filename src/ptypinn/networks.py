@@ -132,8 +132,8 @@ class UNetGenerator(nn.Module):
         """``(B, C, N, N)`` float normalized amplitudes -> ``(B, C, N, N)`` complex patches."""
         if amplitudes.ndim != 4 or amplitudes.shape[1] != self.members:
             raise ValueError(
-                f"amplitudes: expected shape (B, {self.members}, H, W), got {tuple(amplitudes.shape)}"
-            )
+                f"amplitudes: expected shape (B, {self.members}, H, W), "
+                f"got {tuple(amplitudes.shape)}")
         h = amplitudes.shape[-1]
         if h % 2**self.depth:
             raise ValueError(f"pattern size: expected a multiple of {2**self.depth}, got {h}")

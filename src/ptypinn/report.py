@@ -262,3 +262,154 @@ def frc_png(curves: dict[str, dict], title: str | None = None) -> bytes:
     if title:
         ax.set_title(title, fontsize=10)
     return _png(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+# study reports (SPEC §9)
+
+__all__ += ["markdown_table", "study_curves_png", "study_report_md", "study_report_html"]
+
+# (line style, marker, filled?) per series: distinguishable without colour
+_SERIES_STYLES = [("-", "o", True), ("--", "s", True), ("-.", "^", True), (":", "D", True),
+                  ("-", "o", False), ("--", "s", False), ("-.", "^", False), (":", "D", False)]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table (cells as given; ``|`` escaped)."""
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def study_curves_png(curves: dict[str, dict[str, tuple[list[float], list[float], list[float]]]],
+                     panels: list[tuple[str, str]], x_label: str, log_x: bool = False,
+                     x_tick_labels: dict[float, str] | None = None,
+                     title: str | None = None) -> bytes:
+    """Quality-vs-parameter curves of a study, one panel per metric, mean ± std error bars.
+
+    Parameters
+    ----------
+    curves : {series label: {panel key: (x, mean, std)}}
+        One series per arm (and gridsize); each panel key maps to equal-length lists.
+    panels : list of (panel key, y-axis label with units)
+    x_label : str
+        x-axis label with units.
+    log_x : bool
+        Logarithmic x axis (dose).
+    x_tick_labels : {x: label}, optional
+        Explicit ticks (categorical studies, or annotated values).
+    title : str, optional
+
+    Returns
+    -------
+    bytes
+        PNG image; each series has its own line style and marker (readable in grayscale).
+    """
+    from matplotlib.figure import Figure
+
+    if not panels:
+        raise ValueError("panels: expected at least one (key, label), got none")
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax, (key, ylabel) in zip(axes, panels):
+        for i, (label, series) in enumerate(curves.items()):
+            x, mean, std = series.get(key, ([], [], []))
+            if len(x) != len(mean) or len(x) != len(std):
+                raise ValueError(f"curves[{label!r}][{key!r}]: expected equal-length x, mean, "
+                                 f"std, got {len(x)}, {len(mean)}, {len(std)}")
+            if not x:
+                continue
+            ls, marker, filled = _SERIES_STYLES[i % len(_SERIES_STYLES)]
+            color = f"C{i % 10}"
+            ax.errorbar(x, mean, yerr=std, ls=ls, marker=marker, ms=6, lw=1.5, capsize=3,
+                        color=color, mfc=color if filled else "white", mec=color, label=label)
+        if log_x:
+            ax.set_xscale("log")
+        if key.startswith("timing.") or ".frc_" in key:
+            ax.set_yscale("log")
+        if x_tick_labels:
+            ax.set_xticks(list(x_tick_labels), list(x_tick_labels.values()), fontsize=7)
+            ax.minorticks_off()
+        ax.set_xlabel(x_label, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.tick_params(which="both", labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        axes[0].legend(handles, labels, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
+def study_report_md(title: str, finding: str, command: str,
+                    tables: list[tuple[str, list[str], list[list[str]]]],
+                    figures: list[tuple[str, str]], notes: list[str] | tuple = ()) -> str:
+    """A study report in markdown.
+
+    Parameters
+    ----------
+    title, finding, command : str
+        Heading, the one-sentence finding, the command that reproduces the study.
+    tables : list of (caption, header, rows)
+    figures : list of (caption, relative path of a PNG)
+    notes : list of str
+        Skipped / failed arms and other caveats.
+
+    Returns
+    -------
+    str
+    """
+    parts = [f"# {title}", "", f"**Finding.** {finding}", "", "Reproduce with:", "",
+             f"```\n{command}\n```", ""]
+    for caption, header, rows in tables:
+        parts += [f"## {caption}", "", markdown_table(header, rows), ""]
+    if notes:
+        parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    if figures:
+        parts += ["## Figures", ""]
+        for caption, path in figures:
+            parts += [f"**{caption}**", "", f"![{caption}]({path})", ""]
+    return "\n".join(parts)
+
+
+def study_report_html(title: str, finding: str, command: str,
+                      tables: list[tuple[str, list[str], list[list[str]]]],
+                      figures: list[tuple[str, bytes]], notes: list[str] | tuple = ()) -> str:
+    """The same report as :func:`study_report_md` as one self-contained HTML page.
+
+    ``figures`` are ``(caption, PNG bytes)`` and are embedded as base64 data URIs.
+    """
+    import base64
+    import html
+
+    e = html.escape
+    parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{e(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #999;"
+             "padding:3px 6px;text-align:right}th{background:#eee}img{max-width:100%}"
+             "pre{background:#f4f4f4;padding:6px}</style></head><body>",
+             f"<h1>{e(title)}</h1>", f"<p><b>Finding.</b> {e(finding)}</p>",
+             f"<p>Reproduce with:</p><pre>{e(command)}</pre>"]
+    for caption, header, rows in tables:
+        parts.append(f"<h2>{e(caption)}</h2><table><tr>"
+                     + "".join(f"<th>{e(str(h))}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows]
+        parts.append("</table>")
+    if notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes)
+                     + "</ul>")
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for caption, png in figures:
+            data = base64.b64encode(png).decode("ascii")
+            parts.append(f"<figure><img alt='{e(caption)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{e(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
