@@ -45,7 +45,8 @@ class Reconstruction:
     object : complex64 ``(Hy, Wx)``
     covered : bool ``(Hy, Wx)``; pixels reached by at least one (cropped) patch.
     nll_per_pattern : float64 ``(n,)``; Poisson NLL per pixel minus the saturated model's, of the
-        measured counts under the stitched object and the scan's probe.
+        measured counts under the stitched object (uncovered pixels taken as free space, 1) and
+        the scan's probe.
     wall_time_s : float; inference + stitching (excludes the NLL pass).
     crop_px : int; central crop of every patch used for stitching.
     """
@@ -132,7 +133,8 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig) -> Reconstruct
             f"{amp.std() if amp.size else 0:.3g}; bundle amplitude_scale {scale:.4g} vs this "
             f"scan's {own:.4g}: an untrained model or a dose far from the training data?)"
         ) from None
-    nll = data_nll(obj, scan, batch_size=cfg.batch_size, device=device)
+    # pixels no (cropped) patch reached are unknown, not opaque: score them as free space (1)
+    nll = data_nll(np.where(covered, obj, 1), scan, batch_size=cfg.batch_size, device=device)
     log.info("reconstructed %d patterns in %.2f s (%.0f patterns/s) on %s",
              scan.n_patterns, wall, scan.n_patterns / wall, device)
     return Reconstruction(object=obj, covered=covered, nll_per_pattern=nll, wall_time_s=wall,
