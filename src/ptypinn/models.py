@@ -72,7 +72,20 @@ def total_variation(patches: torch.Tensor) -> torch.Tensor:
     return dy + dx
 
 
-class PINN(nn.Module):
+class _PatchModel(nn.Module):
+    """What every model carries: the generator, its config, the probe and the dataset scale."""
+
+    def __init__(self, generator: nn.Module, probe: torch.Tensor, amplitude_scale: float,
+                 cfg: ModelConfig):
+        super().__init__()
+        self.generator = generator
+        self.cfg = cfg
+        self.register_buffer("probe", physics.probe_modes(probe).to(torch.complex64).clone())
+        self.register_buffer("amplitude_scale",
+                             torch.tensor(float(amplitude_scale), dtype=torch.float64))
+
+
+class PINN(_PatchModel):
     """Physics-informed model: generator + overlap constraint + far-field Poisson likelihood.
 
     Parameters
@@ -86,11 +99,7 @@ class PINN(nn.Module):
 
     def __init__(self, generator: nn.Module, probe: torch.Tensor, amplitude_scale: float,
                  cfg: ModelConfig):
-        super().__init__()
-        self.generator = generator
-        self.cfg = cfg
-        self.register_buffer("probe", physics.probe_modes(probe).to(torch.complex64).clone())
-        self.register_buffer("amplitude_scale", torch.tensor(float(amplitude_scale), dtype=torch.float64))
+        super().__init__(generator, probe, amplitude_scale, cfg)
         self.register_buffer("window", merge_window(self.probe))
         self.log_intensity_scale = nn.Parameter(
             torch.zeros(()), requires_grad=cfg.trainable_intensity_scale
@@ -126,20 +135,12 @@ class PINN(nn.Module):
         return loss, logs
 
 
-class SupervisedBaseline(nn.Module):
+class SupervisedBaseline(_PatchModel):
     """PtychoNN-style baseline: the same generator trained with L1 on true amplitude and phase.
 
     The generator is the PINN's, including its fixed probe-dependent back-propagation input
     layer, so the comparison isolates the loss (physics versus supervised), not the architecture.
     """
-
-    def __init__(self, generator: nn.Module, probe: torch.Tensor, amplitude_scale: float,
-                 cfg: ModelConfig):
-        super().__init__()
-        self.generator = generator
-        self.cfg = cfg
-        self.register_buffer("probe", physics.probe_modes(probe).to(torch.complex64).clone())
-        self.register_buffer("amplitude_scale", torch.tensor(float(amplitude_scale), dtype=torch.float64))
 
     def forward(self, amplitudes: torch.Tensor, offsets_px: torch.Tensor) -> torch.Tensor:
         return self.generator(amplitudes)
