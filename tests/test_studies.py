@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ptypinn import report
-from ptypinn.config import ConfigError, SimulationConfig, from_dict, Config
+from ptypinn.config import ConfigError
 from ptypinn.grouping import probe_radius_px_from_probe
 from ptypinn.iterative import ptychi_available
 from ptypinn.studies import (

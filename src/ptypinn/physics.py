@@ -24,10 +24,8 @@ Conventions (normative for the whole package; tested in ``tests/test_physics.py`
 
 from __future__ import annotations
 
-import math
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "probe_modes",

@@ -659,7 +659,6 @@ def collect_results(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     ``test_overlap/*``, ``train_overlap/*`` and ``scan/{n_train_patterns, n_test_patterns,
     test_photons_per_pattern}``.
     """
-    from ptypinn import io
 
     rows: list[dict[str, Any]] = []
     for _, rec in _finished_cells(Path(out_dir)):
