@@ -32,7 +32,8 @@ import torch
 from ptypinn.config import SimulationConfig, from_dict
 from ptypinn.demo import _DEMO
 from ptypinn.simulate import simulate_scan
-from ptypinn.studies import collect_results, run_study
+from ptypinn.studies import run_study
+from ptypinn.study_results import collect_results
 
 PRESETS = {
     # the demo's model and scan, trained a little longer; 30 pty-chi epochs keep it CPU-sized

@@ -5,6 +5,7 @@ Run::
     .venv/bin/python bench/infer.py                         # batch sweep on 10k patterns, CPU
     .venv/bin/python bench/infer.py --device cuda --patterns 100000
     .venv/bin/python bench/infer.py --memory 10000 100000   # peak memory vs scan size
+    .venv/bin/python bench/infer.py --phase-sync off        # without the synchronization pass
 
 Measures ``infer.reconstruct`` end to end (normalization, grouping, network, overlap constraint,
 stitching; the data-NLL pass is timed separately) for 64x64 patterns with an untrained gridsize-1
@@ -66,10 +67,11 @@ def make_bundle(scan: ScanData, gridsize: int, device: str) -> Bundle:
     return Bundle(model=model, config=cfg, manifest=manifest)
 
 
-def run_once(n: int, batch: int, gridsize: int, device: str, amp: bool) -> dict:
+def run_once(n: int, batch: int, gridsize: int, device: str, amp: bool,
+             phase_sync: bool = True) -> dict:
     scan = make_scan(n)
     bundle = make_bundle(scan, gridsize, device)
-    cfg = InferConfig(batch_size=batch, device=device, mixed_precision=amp)
+    cfg = InferConfig(batch_size=batch, device=device, mixed_precision=amp, phase_sync=phase_sync)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -77,6 +79,7 @@ def run_once(n: int, batch: int, gridsize: int, device: str, amp: bool) -> dict:
     rec = reconstruct(bundle, scan, cfg)
     total = time.perf_counter() - t0
     out = {"patterns": n, "batch": batch, "gridsize": gridsize, "device": device, "amp": amp,
+           "phase_sync": phase_sync,
            "patterns_per_s": rec.patterns_per_s, "infer_stitch_s": rec.wall_time_s,
            "with_nll_s": total,
            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -115,29 +118,34 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024, 4096])
     p.add_argument("--gridsize", type=int, default=1)
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--phase-sync", choices=["on", "off"], default="on",
+                   help="infer.phase_sync (on: a second network pass, see infer.py)")
     p.add_argument("--memory", type=int, nargs="*", help="scan sizes for the memory check")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: JSON args of one subprocess run
     a = p.parse_args()
     if a.one:
         print(json.dumps(run_once(**json.loads(a.one))))
         return
+    sync = a.phase_sync == "on"
     print(machine())
     print(f"training throughput (gridsize {a.gridsize}, batch 16): "
           f"{train_throughput(a.device, a.gridsize):.1f} groups/s")
     if a.memory:
         print("patterns  batch  patterns/s  peak RSS MiB  (counts MiB)  peak CUDA MiB")
         for n in a.memory:
-            args = dict(n=n, batch=a.batches[-1], gridsize=a.gridsize, device=a.device, amp=a.amp)
+            args = dict(n=n, batch=a.batches[-1], gridsize=a.gridsize, device=a.device, amp=a.amp,
+                        phase_sync=sync)
             res = subprocess.run([sys.executable, __file__, "--one", json.dumps(args)],
                                  capture_output=True, text=True, check=True)
             r = json.loads(res.stdout.strip().splitlines()[-1])
             print(f"{n:8d} {r['batch']:6d} {r['patterns_per_s']:11.0f} {r['peak_rss_mib']:13.0f}"
                   f" ({r['counts_mib']:.0f}) {r.get('peak_cuda_mib', float('nan')):14.0f}")
         return
-    print(f"patterns {a.patterns}, gridsize {a.gridsize}, device {a.device}, amp {a.amp}")
+    print(f"patterns {a.patterns}, gridsize {a.gridsize}, device {a.device}, amp {a.amp}, "
+          f"phase sync {a.phase_sync}")
     print("batch  patterns/s  infer+stitch s  incl. NLL pass s")
     for b in a.batches:
-        r = run_once(a.patterns, b, a.gridsize, a.device, a.amp)
+        r = run_once(a.patterns, b, a.gridsize, a.device, a.amp, sync)
         print(f"{b:5d} {r['patterns_per_s']:11.0f} {r['infer_stitch_s']:15.2f} {r['with_nll_s']:17.2f}")
 
 

@@ -179,13 +179,20 @@ def test_probe_radius_from_disc_probe() -> None:
     yy, xx = np.mgrid[:n, :n] - n / 2
     disc = (np.hypot(yy, xx) <= radius).astype(np.complex64) * np.exp(1j * 0.3)
     assert probe_radius_px_from_probe(disc) == pytest.approx(radius, rel=0.03)
-    # Gaussian |P|^2 = exp(-rho^2 / s^2): |P|^2 >= 1/2 inside rho = s sqrt(ln 2).
+    # off-centre: measured about the intensity centroid, not the window centre
+    assert probe_radius_px_from_probe(np.roll(disc, (7, -5), axis=(0, 1))) == pytest.approx(
+        radius, rel=0.03)
+    # Gaussian |P|^2 = exp(-rho^2 / s^2): <rho^2> = s^2 in 2-D, so r = s sqrt 2.
     s = 10.0
     gauss = np.exp(-(yy**2 + xx**2) / (2 * s * s)).astype(np.complex64)
-    assert probe_radius_px_from_probe(gauss) == pytest.approx(s * math.sqrt(math.log(2)), rel=0.03)
+    assert probe_radius_px_from_probe(gauss) == pytest.approx(s * math.sqrt(2), rel=0.03)
     modes = np.stack([disc, 0.5 * disc])
     assert probe_radius_px_from_probe(modes) == pytest.approx(radius, rel=0.03)
+    # a ring (hot rim, dim centre) counts its whole footprint, not only the rim above half max
+    rho = np.hypot(yy, xx)
+    ring = np.where(rho <= 20, np.where(rho >= 14, 1.0, 0.5), 0.0).astype(np.complex64)
+    assert probe_radius_px_from_probe(ring) > 18.0
     with pytest.raises(ValueError, match="probe"):
         probe_radius_px_from_probe(np.zeros((8, 8), np.complex64))
-    with pytest.raises(ValueError, match="fraction"):
-        probe_radius_px_from_probe(disc, fraction=0.0)
+    with pytest.raises(ValueError, match="probe"):
+        probe_radius_px_from_probe(np.ones((2, 2, 8, 8), np.complex64))

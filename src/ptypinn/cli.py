@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +39,9 @@ def _setup_logging(verbose: bool) -> None:
         root.addHandler(h)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Lightning's own code trips a torch deprecation on every fit; not actionable for our users
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
+                            category=FutureWarning)
 
 
 def _log_to_file(out_dir: Path) -> None:
@@ -184,7 +188,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from ptypinn.studies import run_study, write_report
+    from ptypinn.studies import run_study
+    from ptypinn.study_results import write_report
 
     out = Path(args.output)
     _log_to_file(out)

@@ -187,9 +187,13 @@ class InferConfig:
     crop_px: int | None = None
     mixed_precision: bool = False
     device: str = "auto"
+    phase_sync: bool = True
+    phase_sync_reg: float | None = None
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "infer.batch_size", ">= 1", self.batch_size)
+        _require(self.phase_sync_reg is None or self.phase_sync_reg >= 0,
+                 "infer.phase_sync_reg", "None or >= 0", self.phase_sync_reg)
         _require(self.crop_px is None or self.crop_px >= 1, "infer.crop_px", "None or >= 1",
                  self.crop_px)
 

@@ -13,21 +13,43 @@ denominator use the *same* mask, positions and bilinear weights, so the result i
 average of the patch values and cannot blow up at patch borders (SPEC lesson 4).  Only the two
 canvases are kept, so memory is O(canvas) whatever the number of patches.
 
+Phase synchronization (:func:`synchronize_phases`).  The data fix each pattern's object patch
+only up to a constant phase factor (``|F(P O e^{i c})|^2 = |F(P O)|^2``); a network returns that
+constant from its prior, with an error that differs from patch to patch and drifts across the
+scan.  Averaging such patches blurs the phase: on the "lines" benchmark the per-patch offsets had
+a spread of only 0.04 rad, yet they cut the stitched phase SSIM from 0.97 (offsets removed with
+the truth) to 0.87.  Before stitching, the offsets ``theta_i`` are therefore chosen to make
+overlapping patches agree: for every pair of patches whose crops overlap, the overlap product
+``M_ij = sum crop_i conj(crop_j)`` (in the shared pixels) gives the measured phase difference
+``arg M_ij``, and the offsets solve the weighted least-squares problem
+``min sum |M_ij| wrap(theta_i - theta_j + arg M_ij)^2`` (a graph Laplacian; Gauss-Newton on the
+wrapped residuals, conjugate gradients).  The one free constant is fixed by keeping the mean
+phase the network's.  This is the least-squares form of the "angular
+synchronization" used to merge independently phased tiles.
+
 Frames: positions are window centres ``(y, x)`` in canvas pixels, the frame of the positions
 (pixel 0 = frame origin); see the conventions in :mod:`ptypinn.physics`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
+import scipy.sparse as sparse
+import scipy.sparse.linalg as sparse_linalg
 import torch
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
-from ptypinn.physics import place_patches, window_starts
+from ptypinn.physics import extract_patches, place_patches, window_starts
 
-__all__ = ["canvas_shape_px", "crop_mask", "Stitcher", "stitch_patches"]
+__all__ = ["canvas_shape_px", "crop_mask", "Stitcher", "stitch_patches", "overlap_pairs",
+           "pair_overlap_products", "solve_phase_offsets", "synchronize_phases"]
+
+log = logging.getLogger(__name__)
 
 
 def canvas_shape_px(positions_px: np.ndarray, patch_size: int) -> tuple[int, int]:
@@ -199,3 +221,195 @@ def stitch_patches(
     for patches, positions_px in batches:
         stitcher.add(patches, positions_px)
     return stitcher.result(min_weight=min_weight)
+
+
+# ------------------------------------------------------------------------------------------------
+# phase synchronization
+
+
+def overlap_pairs(positions_px: np.ndarray, max_sep_px: float) -> np.ndarray:
+    """Pairs of windows whose centres differ by at most ``max_sep_px`` along both axes.
+
+    Parameters
+    ----------
+    positions_px : float ``(n, 2)``; window centres ``(y, x)``.
+    max_sep_px : float; Chebyshev distance limit in pixels.
+
+    Returns
+    -------
+    int64 ``(P, 2)``; each unordered pair once, ``i < j``.
+    """
+    pos = np.asarray(positions_px, dtype=np.float64).reshape(-1, 2)
+    if not max_sep_px > 0:
+        raise ValueError(f"max_sep_px: expected > 0, got {max_sep_px}")
+    if pos.shape[0] < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    # scipy's KD-tree with the L-infinity metric gives exactly the square neighbourhood
+    pairs = cKDTree(pos).query_pairs(float(max_sep_px), p=np.inf, output_type="ndarray")
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def pair_overlap_products(crops_i: torch.Tensor, crops_j: torch.Tensor,
+                          delta_px: torch.Tensor) -> torch.Tensor:
+    """Overlap products ``M_ij = sum crop_i conj(crop_j)`` over the pixels two crops share.
+
+    Parameters
+    ----------
+    crops_i, crops_j : complex ``(P, K, K)``
+        The central crops of the two patches of each pair.
+    delta_px : float ``(P, 2)``
+        ``position_j - position_i`` (y, x) in pixels, ``|delta| < K``.  Crop ``j`` is resampled
+        into crop ``i``'s pixels with the bilinear interpolation of
+        :func:`ptypinn.physics.extract_patches` (zero outside crop ``j``).
+
+    Returns
+    -------
+    complex ``(P,)``; ``arg M_ij`` is the phase of patch i relative to patch j where they overlap.
+    """
+    k = crops_i.shape[-1]
+    pad = int(math.ceil(float(delta_px.abs().max()))) + 1 if delta_px.numel() else 1
+    padded = torch.nn.functional.pad(crops_j, (pad, pad, pad, pad))
+    # crop i's first pixel lies at (pad - delta) in padded crop-j pixels
+    centre = (pad + k / 2.0 - delta_px.to(torch.float64)).unsqueeze(1)
+    shifted = extract_patches(padded, centre, k)[:, 0]
+    return (crops_i * shifted.conj()).sum(dim=(-2, -1))
+
+
+def solve_phase_offsets(pairs: np.ndarray, products: np.ndarray, n: int,
+                        iterations: int = 3, reg: float = 0.0) -> np.ndarray:
+    """Per-patch phase offsets that make overlapping patches agree (see the module docstring).
+
+    Parameters
+    ----------
+    pairs : int ``(P, 2)``; products : complex ``(P,)`` (:func:`pair_overlap_products`).
+    n : int; number of patches.
+    iterations : int; Gauss-Newton steps on the wrapped residuals.
+    reg : float
+        Optional Tikhonov weight relative to the mean weighted degree: offset patterns that vary
+        more slowly than ``~ pi / sqrt(reg)`` patches are left (mostly) as the network gave them.
+
+    Returns
+    -------
+    float64 ``(n,)``: multiply patch ``i`` by ``exp(1j * theta_i)`` before stitching.  Each
+    connected group of patches keeps its mean phase (the minimum-norm solution); a patch without
+    neighbours gets 0.
+
+    Notes
+    -----
+    No Tikhonov term pins the free constant: any fixed ``lam`` outweighs the smallest Laplacian
+    eigenvalues of a large scan (``~ degree (pi / L)^2`` for ``L`` patches across) and would leave
+    the slow phase drift in place.  The normal equations are singular but consistent (each
+    component's right-hand side sums to 0), so conjugate gradients from 0 (Jacobi-preconditioned)
+    converge to the minimum-norm step.
+    """
+    theta = np.zeros(n)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    products = np.asarray(products).reshape(-1)
+    if pairs.shape[0] != products.shape[0]:
+        raise ValueError(f"products: expected {pairs.shape[0]} values (one per pair), got "
+                         f"{products.shape[0]}")
+    w = np.abs(products).astype(np.float64)
+    ok = np.isfinite(w) & (w > 0)
+    if n < 2 or not ok.any():
+        return theta
+    i, j, w, delta = pairs[ok, 0], pairs[ok, 1], w[ok], np.angle(products[ok])
+    w = w / w.mean()
+    lap = sparse.coo_matrix((np.concatenate([w, w, -w, -w]),
+                             (np.concatenate([i, j, i, j]), np.concatenate([i, j, j, i]))),
+                            shape=(n, n)).tocsr()
+    lam = reg * float(lap.diagonal().mean())
+    if lam > 0:
+        lap = (lap + lam * sparse.identity(n, format="csr")).tocsr()
+    deg = lap.diagonal()
+    precond = sparse.diags(np.where(deg > 0, 1.0 / np.where(deg > 0, deg, 1.0), 0.0))
+    for it in range(iterations):
+        raw = theta[i] - theta[j] + delta
+        if it > 0 and np.all(np.abs(raw) <= math.pi):
+            break  # no residual wraps: the last (linear least-squares) step was exact
+        r = np.angle(np.exp(1j * raw))  # wrapped residuals
+        grad = lam * theta
+        np.add.at(grad, i, w * r)
+        np.add.at(grad, j, -w * r)
+        step, info = sparse_linalg.cg(lap, -grad, rtol=1e-6, maxiter=20 * n, M=precond)
+        if info != 0:
+            log.warning("phase synchronization: CG did not converge (info %d)", info)
+        if lam == 0:
+            step -= _component_means(lap, step)
+        theta = theta + step
+    return theta
+
+
+def _component_means(lap: sparse.csr_matrix, x: np.ndarray) -> np.ndarray:
+    """Mean of ``x`` over each connected component of the graph of ``lap``, per node."""
+    _, labels = connected_components(lap, directed=False)
+    sums = np.bincount(labels, weights=x)
+    sizes = np.bincount(labels)
+    return (sums / sizes)[labels]
+
+
+def synchronize_phases(
+    patches_of: Callable[[np.ndarray], torch.Tensor],
+    positions_px: np.ndarray,
+    patch_size: int,
+    crop_px: int,
+    max_sep_px: float | None = None,
+    chunk: int = 1024,
+    device: str | torch.device = "cpu",
+    reg: float = 0.0,
+) -> np.ndarray:
+    """Phase offsets of a stream of patches, computed with bounded memory.
+
+    Parameters
+    ----------
+    patches_of : callable
+        ``patches_of(rows)`` returns the complex patches ``(len(rows), N, N)`` of the patterns
+        ``rows`` (int array); called once per chunk, so a network can recompute them instead of
+        keeping all patches.
+    positions_px : float ``(n, 2)``; window centres.
+    patch_size, crop_px : int; N and the stitching crop (only the crops are compared).
+    max_sep_px : float, optional
+        Pairs whose centres differ by at most this along both axes are compared (default
+        ``crop_px / 2``: crops that share at least a quarter of their area).
+    chunk : int
+        Patterns owning pairs per chunk.  Patterns are visited strip by strip (strips of
+        ``4 max_sep_px``), each pair owned by its earlier member; a chunk needs its owners'
+        patches and their partners', so memory is O(chunk), not O(n).
+    device : where the overlap products are computed.
+    reg : float; see :func:`solve_phase_offsets`.
+
+    Returns
+    -------
+    float64 ``(n,)``; see :func:`solve_phase_offsets`.
+    """
+    pos = np.asarray(positions_px, dtype=np.float64).reshape(-1, 2)
+    n = pos.shape[0]
+    sep = float(max_sep_px) if max_sep_px is not None else crop_px / 2.0
+    if not 1 <= crop_px <= patch_size:
+        raise ValueError(f"crop_px: expected in [1, {patch_size}], got {crop_px}")
+    pairs = overlap_pairs(pos, sep)
+    if pairs.shape[0] == 0:
+        return np.zeros(n)
+    strip = np.floor(pos[:, 0] / (4.0 * sep))
+    order = np.lexsort((pos[:, 1], strip))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    first = rank[pairs[:, 0]] <= rank[pairs[:, 1]]
+    owner = np.where(first, pairs[:, 0], pairs[:, 1])
+    partner = np.where(first, pairs[:, 1], pairs[:, 0])
+    by_owner = np.argsort(rank[owner], kind="stable")
+    owner, partner = owner[by_owner], partner[by_owner]
+    bounds = np.searchsorted(rank[owner], np.arange(0, n + chunk, chunk))
+    s = patch_size // 2 - crop_px // 2
+    device = torch.device(device)
+    products = np.zeros(owner.shape[0], dtype=np.complex128)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if a == b:
+            continue
+        need = np.unique(np.concatenate([owner[a:b], partner[a:b]]))
+        crops = patches_of(need)[..., s:s + crop_px, s:s + crop_px].to(device, torch.complex64)
+        ci = torch.from_numpy(np.searchsorted(need, owner[a:b])).to(device)
+        cj = torch.from_numpy(np.searchsorted(need, partner[a:b])).to(device)
+        delta = torch.from_numpy(pos[partner[a:b]] - pos[owner[a:b]]).to(device)
+        products[a:b] = pair_overlap_products(crops[ci], crops[cj], delta).cpu().numpy()
+    # the solver expects (i, j) with products M_ij: owner/partner order is consistent
+    return solve_phase_offsets(np.stack([owner, partner], axis=1), products, n, reg=reg)
