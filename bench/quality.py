@@ -12,7 +12,7 @@ amplitude Pearson >= 0.95, phase SSIM >= 0.90, amplitude mean ratio within 5 % o
 Probes: ``ideal`` is the simulator's disk (radius 16 px in a 64 px window).  ``experimental`` is
 the probe estimate of ``/work/shared/data/siemens-star-small.npz.bz2`` (128 x 128, read with
 ``ptypinn.io.read_scan``) cropped to its central 64 x 64 pixels (:func:`crop_probe`: 97 % of its
-power, half-maximum radius 14 px); the simulation rescales it to the requested photons.
+power, second-moment radius 28.8 px); the simulation rescales it to the requested photons.
 
 Stitching uses the square inscribed in the probe footprint (:func:`inscribed_crop_px`,
 ``--crop``), see that function for why.
@@ -66,10 +66,10 @@ def crop_probe(probe: np.ndarray, n: int) -> np.ndarray:
     """Central ``n x n`` real-space crop of a ``(..., M, M)`` probe (same pixel size); the photon
     scale is set later by the simulation.
 
-    For the siemens-star probe (128 px, half-maximum radius 14.2 px) the central 64 x 64 keep
-    97.1 % of its power and its size relative to the window stays close to the ideal disk's
-    (r = 16 in 64).  The alternative, cropping its far field to 64 x 64 (pixels twice as large),
-    keeps 99.3 % but shrinks the beam to r = 6.5 px, which changes the overlap at a given step.
+    For the siemens-star probe (128 px; a ring with a hot rim, second-moment radius 30.6 px) the
+    central 64 x 64 keep 97.1 % of its power (second-moment radius 28.8 px there).  The
+    alternative, cropping its far field to 64 x 64 (pixels twice as large), keeps 99.3 % but
+    halves the beam's size in pixels, which changes the overlap at a given step.
     """
     m = probe.shape[-1]
     if m < n:
@@ -79,8 +79,9 @@ def crop_probe(probe: np.ndarray, n: int) -> np.ndarray:
 
 
 def inscribed_crop_px(probe: np.ndarray) -> int:
-    """Even side of the square inscribed in the probe footprint (half-maximum radius r):
-    ``2 * round(r / sqrt 2) + 2`` (24 px for the r = 16 disk).
+    """Even side of the square inscribed in the probe footprint (second-moment radius r):
+    ``2 * round(r / sqrt 2) + 2`` (24 px for the r = 16 disk, 42 px for the cropped
+    experimental probe).
 
     Stitching the full ``2 r + 4`` square (``infer.default_crop_px``) averages in its corners,
     which lie outside the probe: unconstrained by the data, there the network returns ~0 and the

@@ -380,7 +380,7 @@ def experimental_probe(probe: np.ndarray, size_px: int, radius_px: float) -> np.
     """Resample a measured probe to a footprint radius and crop it to ``size_px``.
 
     The strongest mode is kept; it is zoomed (spline, real and imaginary parts) so that its
-    half-maximum footprint radius (:func:`ptypinn.grouping.probe_radius_px_from_probe`) becomes
+    second-moment footprint radius (:func:`ptypinn.grouping.probe_radius_px_from_probe`) becomes
     ``radius_px``, then the ``size_px`` window centred on its intensity centroid (rounded to a
     pixel) is cut out with :func:`ptypinn.physics.extract_patches`.
 
