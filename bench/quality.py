@@ -189,16 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset")
     parser.add_argument("--max-time-s", type=float, default=None, help="override the preset")
+    parser.add_argument("--width", type=int, default=None, help="override the preset")
+    parser.add_argument("--depth", type=int, default=None, help="override the preset")
     parser.add_argument("--crop", default="inscribed",
                         help="stitching crop: 'inscribed' (square inside the probe footprint), "
                              "'default' (infer.default_crop_px) or a number of pixels")
     parser.add_argument("-o", "--outdir", default="bench_quality")
     args = parser.parse_args(argv)
     preset = dict(PRESETS[args.preset])
-    if args.epochs is not None:
-        preset["epochs"] = args.epochs
-    if args.max_time_s is not None:
-        preset["max_time_s"] = args.max_time_s
+    for key in ("epochs", "max_time_s", "width", "depth"):
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
     out = Path(args.outdir)
     info = machine_info(args.accelerator)
     for k, v in info.items():
