@@ -296,11 +296,11 @@ def solve_phase_offsets(pairs: np.ndarray, products: np.ndarray, n: int,
 
     Notes
     -----
-    No Tikhonov term pins the free constant: any fixed ``lam`` outweighs the smallest Laplacian
-    eigenvalues of a large scan (``~ degree (pi / L)^2`` for ``L`` patches across) and would leave
-    the slow phase drift in place.  The normal equations are singular but consistent (each
-    component's right-hand side sums to 0), so conjugate gradients from 0 (Jacobi-preconditioned)
-    converge to the minimum-norm step.
+    With ``reg = 0`` no Tikhonov term pins the free constant: any fixed weight outweighs the
+    smallest Laplacian eigenvalues of a large scan (``~ degree (pi / L)^2`` for ``L`` patches
+    across) and leaves the slow phase drift in place, which is what ``reg > 0`` is for.  The
+    normal equations are then singular but consistent (each component's right-hand side sums to
+    0), so conjugate gradients from 0 (Jacobi-preconditioned) converge to the minimum-norm step.
     """
     theta = np.zeros(n)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
