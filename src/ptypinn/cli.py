@@ -180,7 +180,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     scan = _read_scan(args.scan, args.measurement)
     out = Path(args.output)
     arms = run_arms(scan, pinn=args.pinn, baseline=args.baseline, ptychi=args.ptychi,
-                    ptychi_iterations=args.ptychi_iterations, infer_cfg=cfg.infer)
+                    ptychi_iterations=args.ptychi_iterations, infer_cfg=cfg.infer,
+                    ptychi_refine_probe=args.ptychi_refine_probe)
     _log_to_file(out)
     _write_config(out, cfg)
     print(summary_table(compare(scan, arms, out)))
@@ -268,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run pty-chi with this engine (needs ptypinn[iterative])")
     c.add_argument("--ptychi-iterations", type=int, default=100, metavar="N",
                    help="pty-chi epochs (default 100)")
+    c.add_argument("--ptychi-refine-probe", action="store_true",
+                   help="let pty-chi refine the probe (measured scans); default: keep it fixed")
     c.add_argument("-o", "--output", required=True, help="output directory")
     c.add_argument("--measurement", **measurement)
     c.set_defaults(func=cmd_compare)

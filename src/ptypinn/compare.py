@@ -144,7 +144,7 @@ def _load_network(path: str, kind: str) -> Bundle:
 def run_arms(scan: ScanData, pinn: str | os.PathLike | None = None,
              baseline: str | os.PathLike | None = None, ptychi: str | None = None,
              ptychi_iterations: int = 100, infer_cfg: InferConfig = InferConfig(),
-             ) -> list[ArmResult]:
+             ptychi_refine_probe: bool = False) -> list[ArmResult]:
     """Reconstruct ``scan`` with each requested arm, in the order PINN, Baseline, PtyChi.
 
     Every input is checked (bundles loaded, kinds matched, pty-chi importable, its config valid)
@@ -157,12 +157,17 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | None = None,
     pinn, baseline : path, optional
         Bundle (or run) directories whose ``model.kind`` is ``pinn`` / ``baseline``.
     ptychi : {"lsqml", "epie", "rpie", "dm"}, optional
-        pty-chi engine; the scan's probe is kept fixed, as for the networks.
+        pty-chi engine; the scan's probe is kept fixed, as for the networks, unless
+        ``ptychi_refine_probe``.
     ptychi_iterations : int
         pty-chi epochs.
     infer_cfg : InferConfig
         Batch size, crop, precision and device of the network arms; the device (``cuda:k`` ->
         ``cuda``) and crop (for the covered region) are also used for pty-chi.
+    ptychi_refine_probe : bool
+        Let pty-chi refine the probe too (for measured scans whose probe is only a rough
+        estimate).  Its data NLL is then computed with its own refined probe (recorded in
+        ``details['probe']``); the network arms keep the scan's probe.
 
     Returns
     -------
@@ -183,6 +188,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | None = None,
     it_cfg = None
     if ptychi is not None:
         it_cfg = IterativeConfig(algorithm=ptychi, iterations=ptychi_iterations,  # type: ignore
+                                 optimize_probe=ptychi_refine_probe,
                                  device=_ptychi_device(infer_cfg.device))
         ok, why = ptychi_available()
         if not ok:
@@ -200,7 +206,8 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | None = None,
                  rec.patterns_per_s)
     if it_cfg is not None:
         res = reconstruct_ptychi(scan, it_cfg)
-        nll = data_nll(res.object, scan, batch_size=infer_cfg.batch_size,
+        own = scan.replace(probe=res.probe) if ptychi_refine_probe else scan
+        nll = data_nll(res.object, own, batch_size=infer_cfg.batch_size,
                        device=resolve_device(infer_cfg.device))
         wall = res.wall_time_s
         arms.append(ArmResult(
@@ -209,6 +216,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | None = None,
             patterns_per_s=scan.n_patterns / wall if wall > 0 else math.nan,
             nll_per_pixel=float(np.mean(nll)),
             details={"algorithm": res.algorithm, "iterations": res.iterations,
+                     "probe": "refined" if ptychi_refine_probe else "fixed",
                      "final_loss": res.loss_history[-1] if res.loss_history else None}))
     return arms
 
