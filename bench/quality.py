@@ -14,8 +14,9 @@ the probe estimate of ``/work/shared/data/siemens-star-small.npz.bz2`` (128 x 12
 ``ptypinn.io.read_scan``) cropped to its central 64 x 64 pixels (:func:`crop_probe`: 97 % of its
 power, second-moment radius 28.8 px); the simulation rescales it to the requested photons.
 
-Stitching uses the square inscribed in the probe footprint (:func:`inscribed_crop_px`,
-``--crop``), see that function for why.
+Stitching uses ``infer``'s default crop, the square inscribed in the probe footprint
+(:func:`ptypinn.infer.default_crop_px`: 24 px for the r = 16 disk, 42 px for the cropped
+experimental probe); ``--crop N`` overrides it.
 
 Run::
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import platform
 import sys
@@ -41,7 +41,6 @@ from ptypinn import io
 from ptypinn.bundle import load_bundle
 from ptypinn.config import (Config, GroupingConfig, InferConfig, ModelConfig, SimulationConfig,
                             TrainConfig)
-from ptypinn.grouping import probe_radius_px_from_probe
 from ptypinn.infer import reconstruct
 from ptypinn.metrics import evaluate
 from ptypinn.simulate import simulate_train_test
@@ -78,20 +77,6 @@ def crop_probe(probe: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(probe[..., lo:lo + n, lo:lo + n]).astype(np.complex64)
 
 
-def inscribed_crop_px(probe: np.ndarray) -> int:
-    """Even side of the square inscribed in the probe footprint (second-moment radius r):
-    ``2 * round(r / sqrt 2) + 2`` (24 px for the r = 16 disk, 42 px for the cropped
-    experimental probe).
-
-    Stitching the full ``2 r + 4`` square (``infer.default_crop_px``) averages in its corners,
-    which lie outside the probe: unconstrained by the data, there the network returns ~0 and the
-    stitched amplitude came out 15 % low (measured: amplitude SSIM 0.80 with 36 px, 0.935 with
-    24 px, same bundle).
-    """
-    r = probe_radius_px_from_probe(probe)
-    return int(min(probe.shape[-1], 2 * round(r / math.sqrt(2)) + 2))
-
-
 def cell_config(preset: dict[str, Any], gridsize: int, photons: float, probe: str,
                 seed: int, accelerator: str) -> Config:
     """The full run config of one benchmark cell."""
@@ -114,7 +99,7 @@ def cell_config(preset: dict[str, Any], gridsize: int, photons: float, probe: st
 
 
 def run_cell(cfg: Config, probe_file: np.ndarray | None, out: Path,
-             groups_per_pattern: int = 1, crop: str = "inscribed") -> dict[str, Any]:
+             groups_per_pattern: int = 1, crop: str = "default") -> dict[str, Any]:
     """Simulate, train, reconstruct and score one cell; returns the JSON row.
 
     ``groups_per_pattern > 1`` (gridsize > 1 only) draws that many distinct groups per seed
@@ -132,9 +117,7 @@ def run_cell(cfg: Config, probe_file: np.ndarray | None, out: Path,
     res = train_model(cfg, train, out / "run")
     bundle = load_bundle(res.bundle_dir)
     icfg = cfg.infer
-    if crop == "inscribed":
-        icfg = dataclasses.replace(icfg, crop_px=inscribed_crop_px(test.probe))
-    elif crop != "default":
+    if crop != "default":
         icfg = dataclasses.replace(icfg, crop_px=int(crop))
     recon = reconstruct(bundle, test, icfg)
     m = evaluate(recon.object, test.object_true, mask=recon.covered)
@@ -191,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-time-s", type=float, default=None, help="override the preset")
     parser.add_argument("--width", type=int, default=None, help="override the preset")
     parser.add_argument("--depth", type=int, default=None, help="override the preset")
-    parser.add_argument("--crop", default="inscribed",
-                        help="stitching crop: 'inscribed' (square inside the probe footprint), "
-                             "'default' (infer.default_crop_px) or a number of pixels")
+    parser.add_argument("--crop", default="default",
+                        help="stitching crop: 'default' (infer.default_crop_px, the square "
+                             "inscribed in the probe footprint) or a number of pixels")
     parser.add_argument("-o", "--outdir", default="bench_quality")
     args = parser.parse_args(argv)
     preset = dict(PRESETS[args.preset])

@@ -320,6 +320,9 @@ def solve_phase_offsets(pairs: np.ndarray, products: np.ndarray, n: int,
     lam = reg * float(lap.diagonal().mean())
     if lam > 0:
         lap = (lap + lam * sparse.identity(n, format="csr")).tocsr()
+    else:  # the minimum-norm step has zero mean on every connected component
+        _, labels = connected_components(lap, directed=False)
+        sizes = np.bincount(labels)
     deg = lap.diagonal()
     precond = sparse.diags(np.where(deg > 0, 1.0 / np.where(deg > 0, deg, 1.0), 0.0))
     for it in range(iterations):
@@ -334,17 +337,9 @@ def solve_phase_offsets(pairs: np.ndarray, products: np.ndarray, n: int,
         if info != 0:
             log.warning("phase synchronization: CG did not converge (info %d)", info)
         if lam == 0:
-            step -= _component_means(lap, step)
+            step -= (np.bincount(labels, weights=step) / sizes)[labels]
         theta = theta + step
     return theta
-
-
-def _component_means(lap: sparse.csr_matrix, x: np.ndarray) -> np.ndarray:
-    """Mean of ``x`` over each connected component of the graph of ``lap``, per node."""
-    _, labels = connected_components(lap, directed=False)
-    sums = np.bincount(labels, weights=x)
-    sizes = np.bincount(labels)
-    return (sums / sizes)[labels]
 
 
 def synchronize_phases(
