@@ -5,7 +5,7 @@ Run::
     .venv/bin/python bench/compare.py -o runs/bench-compare                 # cpu preset
     .venv/bin/python bench/compare.py -o runs/bench-compare --preset full   # GPU-sized
 
-Two studies through :mod:`ptypinn.studies` (so every cell is resumable and has its own
+Two studies through :mod:`ptypinn.workflows.studies` (so every cell is resumable and has its own
 comparison figure): a dose study at 1e4 and 1e6 photons per pattern with all three arms on a
 *different* test object of the training kind, and a generalization cell whose test object is of a
 kind never seen in training (``grf``; out of distribution).  Prints the machine, one table row per
@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 
 from ptypinn.config import SimulationConfig, from_dict
-from ptypinn.demo import _DEMO
+from ptypinn.workflows.demo import _DEMO
 from ptypinn.simulate import simulate_scan
-from ptypinn.studies import run_study
-from ptypinn.study_results import collect_results
+from ptypinn.workflows.studies import run_study
+from ptypinn.workflows.study_results import collect_results
 
 PRESETS = {
     # the demo's model and scan, trained a little longer; 30 pty-chi epochs keep it CPU-sized

@@ -30,11 +30,11 @@ import time
 import numpy as np
 import torch
 
-from ptypinn.bundle import Bundle
+from ptypinn.pinn.bundle import Bundle
 from ptypinn.config import Config, InferConfig, from_dict
 from ptypinn.data import ScanData, amplitude_scale
-from ptypinn.infer import reconstruct
-from ptypinn.models import build_model
+from ptypinn.pinn.infer import reconstruct
+from ptypinn.pinn.models import build_model
 from ptypinn.simulate import simulate_scan
 
 

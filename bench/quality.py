@@ -15,7 +15,7 @@ the probe estimate of ``/work/shared/data/siemens-star-small.npz.bz2`` (128 x 12
 power, second-moment radius 28.8 px); the simulation rescales it to the requested photons.
 
 Stitching uses ``infer``'s default crop, the square inscribed in the probe footprint
-(:func:`ptypinn.infer.default_crop_px`: 24 px for the r = 16 disk, 42 px for the cropped
+(:func:`ptypinn.pinn.infer.default_crop_px`: 24 px for the r = 16 disk, 42 px for the cropped
 experimental probe); ``--crop N`` overrides it.
 
 Run::
@@ -38,13 +38,13 @@ import numpy as np
 import torch
 
 from ptypinn import io
-from ptypinn.bundle import load_bundle
+from ptypinn.pinn.bundle import load_bundle
 from ptypinn.config import (Config, GroupingConfig, InferConfig, ModelConfig, SimulationConfig,
                             TrainConfig)
-from ptypinn.infer import reconstruct
+from ptypinn.pinn.infer import reconstruct
 from ptypinn.metrics import evaluate
 from ptypinn.simulate import simulate_train_test
-from ptypinn.train import train_model
+from ptypinn.pinn.train import train_model
 
 EXPERIMENTAL_PROBE = "/work/shared/data/siemens-star-small.npz.bz2"
 N_PX = 64

@@ -35,14 +35,14 @@ import numpy as np
 import torch
 
 from ptypinn import io, report
-from ptypinn.bundle import load_bundle
-from ptypinn.compare import ArmResult, compare, footprint_mask, run_arms, summary_table
+from ptypinn.pinn.bundle import load_bundle
+from ptypinn.workflows.compare import ArmResult, compare, footprint_mask, run_arms, summary_table
 from ptypinn.config import load_config, to_dict
 from ptypinn.data import ScanData, calibrate_probe
 from ptypinn.experimental import convention_variants, crop_scan, scan_centre_px
-from ptypinn.infer import data_nll
-from ptypinn.iterative import IterativeConfig, reconstruct_ptychi
-from ptypinn.train import train_model
+from ptypinn.pinn.infer import data_nll
+from ptypinn.baselines.ptychi import IterativeConfig, reconstruct_ptychi
+from ptypinn.pinn.train import train_model
 
 DEFAULT_FILE = "/work/shared/data/siemens-star-small.npz.bz2"
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from ptypinn.bundle import load_bundle, save_bundle
+from ptypinn.pinn.bundle import load_bundle, save_bundle
 from ptypinn.config import Config, ModelConfig, from_dict, to_dict
-from ptypinn.models import build_model
+from ptypinn.pinn.models import build_model
 
 
 def _model(c=4):

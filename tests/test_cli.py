@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from ptypinn import io
-from ptypinn.bundle import save_bundle
+from ptypinn.pinn.bundle import save_bundle
 from ptypinn.cli import main
 from ptypinn.config import Config, ModelConfig, from_dict
-from ptypinn.models import build_model
+from ptypinn.pinn.models import build_model
 
 SIM = ["--set", "simulation.object_size_px=80", "--set", "simulation.probe_size_px=32",
        "--set", "simulation.probe_radius_px=8", "--set", "simulation.scan_step_px=5",
@@ -123,7 +123,7 @@ def test_infer_pattern_size_mismatch_and_format_version(tmp_path, capsys, sim_fi
 
 def test_constant_prediction_is_an_error(tmp_path, capsys, sim_files, monkeypatch):
     # a generator whose output is constant must be reported, never saved as a result
-    from ptypinn import networks
+    from ptypinn.pinn import networks
 
     scan = io.read_scan(sim_files / "test.npz")
     model = build_model(ModelConfig(width=8, depth=2), torch.from_numpy(scan.probe), 1.0, 1)

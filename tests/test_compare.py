@@ -1,4 +1,4 @@
-"""Tests for ptypinn.compare (and the comparison figures of ptypinn.report).
+"""Tests for ptypinn.workflows.compare (and the comparison figures of ptypinn.report).
 
 Arms are built by hand from the simulated truth ("perfect": the truth itself; "worse": the truth
 blurred and noised) so no training is needed, except in the one test that runs a tiny PINN bundle.
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ptypinn.compare import ArmResult, compare, footprint_mask, run_arms, summary_table
+from ptypinn.workflows.compare import ArmResult, compare, footprint_mask, run_arms, summary_table
 from ptypinn.config import Config, InferConfig, SimulationConfig, from_dict
 from ptypinn.data import ScanData
-from ptypinn.infer import data_nll, default_crop_px
+from ptypinn.pinn.infer import data_nll, default_crop_px
 from ptypinn.metrics import evaluate
 from ptypinn.report import comparison_png, frc_png
 from ptypinn.simulate import simulate_scan
@@ -233,7 +233,7 @@ def test_comparison_and_frc_png(scan, arms):
 
 @pytest.fixture(scope="module")
 def pinn_bundle(scan, tmp_path_factory):
-    from ptypinn.train import train_model
+    from ptypinn.pinn.train import train_model
 
     cfg = from_dict(Config, {
         "model": {"kind": "pinn", "width": 8, "depth": 2},
@@ -264,7 +264,7 @@ def test_run_arms_rejects_wrong_bundle_kind(scan, pinn_bundle):
 
 
 def test_run_arms_ptychi(scan):
-    from ptypinn.iterative import ptychi_available
+    from ptypinn.baselines.ptychi import ptychi_available
 
     ok, why = ptychi_available()
     if not ok:
@@ -285,7 +285,7 @@ def test_run_arms_ptychi(scan):
 def test_run_arms_ptychi_refines_a_wrong_probe(scan):
     """Start pty-chi from a probe 30 % too wide: refining it must explain the data better (data
     NLL under its own probe) than keeping the wrong probe fixed."""
-    from ptypinn.iterative import ptychi_available
+    from ptypinn.baselines.ptychi import ptychi_available
 
     ok, why = ptychi_available()
     if not ok:

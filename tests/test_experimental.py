@@ -145,7 +145,7 @@ def test_convention_variants_are_valid_reframed_scans():
 
 
 def _real_scan_or_skip():
-    from ptypinn.iterative import ptychi_available
+    from ptypinn.baselines.ptychi import ptychi_available
 
     if not SIEMENS.is_file():
         pytest.skip(f"Siemens-star scan not found at {SIEMENS} (set PTYPINN_SIEMENS_FILE)")
@@ -160,7 +160,7 @@ def _real_scan_or_skip():
 
 def test_real_scan_crop_and_one_ptychi_epoch():
     """Converter + crop + one pty-chi epoch on 16 real patterns (~6 s idle, ~16 s loaded)."""
-    from ptypinn.iterative import IterativeConfig, reconstruct_ptychi
+    from ptypinn.baselines.ptychi import IterativeConfig, reconstruct_ptychi
 
     scan = _real_scan_or_skip()  # ~3-5 s: bzip2 + 516 patterns of 128x128
     sub = crop_scan(scan, scan_centre_px(scan), 16)
@@ -180,13 +180,13 @@ def test_real_scan_pinn_agrees_with_ptychi(tmp_path):
     comes mostly from the physics back-propagation layer and the overlap constraint; gridsize 1
     gives 0.64); a wrong axis convention gives no star at all.  Threshold 0.7.
     """
-    from ptypinn.bundle import load_bundle
-    from ptypinn.compare import footprint_mask
+    from ptypinn.pinn.bundle import load_bundle
+    from ptypinn.workflows.compare import footprint_mask
     from ptypinn.config import load_config
-    from ptypinn.infer import reconstruct
-    from ptypinn.iterative import IterativeConfig, reconstruct_ptychi
+    from ptypinn.pinn.infer import reconstruct
+    from ptypinn.baselines.ptychi import IterativeConfig, reconstruct_ptychi
     from ptypinn.metrics import align, pearson
-    from ptypinn.train import train_model
+    from ptypinn.pinn.train import train_model
 
     scan = crop_scan(_real_scan_or_skip(), (231.6, 230.1), 64)
     res = reconstruct_ptychi(scan, IterativeConfig(algorithm="epie", iterations=50,

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from ptypinn.bundle import load_bundle
+from ptypinn.pinn.bundle import load_bundle
 from ptypinn.config import Config, InferConfig, from_dict
-from ptypinn.infer import reconstruct, write_outputs
+from ptypinn.pinn.infer import reconstruct, write_outputs
 from ptypinn.io import load_npz
-from ptypinn.train import train_model
+from ptypinn.pinn.train import train_model
 
 
 class _PhaseJitter(nn.Module):

@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 
 from ptypinn import io as pio
 from ptypinn.data import ScanData
-from ptypinn.io_hdf5 import (
+from ptypinn.io.hdf5 import (
     TIKE_COPYRIGHT,
     Product,
     describe_hdf5,

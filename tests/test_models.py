@@ -6,7 +6,7 @@ import torch
 
 from ptypinn import physics
 from ptypinn.config import ModelConfig
-from ptypinn.models import build_model, merge_window, overlap_constraint
+from ptypinn.pinn.models import build_model, merge_window, overlap_constraint
 
 
 def test_overlap_constraint_keeps_consistent_patches():
@@ -77,7 +77,7 @@ def _numpy_counts(probe: np.ndarray, obj: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("modes", [1, 2])
 def test_backpropagation_returns_a_flat_object_inside_the_probe(modes):
-    from ptypinn.networks import BackPropagation
+    from ptypinn.pinn.networks import BackPropagation
 
     p = _disk_probe(32, 8.0, 1e6)
     probe = p if modes == 1 else torch.stack([p, 0.5 * p])  # proportional modes: exact
@@ -129,7 +129,7 @@ def test_generator_rejects_bad_shapes(shape, field):
 
 
 def test_build_generator_rejects_unknown_kind():
-    from ptypinn.networks import build_generator
+    from ptypinn.pinn.networks import build_generator
 
     with pytest.raises(ValueError, match="model.generator"):
         build_generator("mlp", 1, 4, 2, 1.5, _disk_probe(32, 8.0, 1e4), 1.0)

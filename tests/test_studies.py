@@ -9,8 +9,8 @@ import pytest
 from ptypinn import report
 from ptypinn.config import ConfigError
 from ptypinn.grouping import probe_radius_px_from_probe
-from ptypinn.iterative import ptychi_available
-from ptypinn.studies import (
+from ptypinn.baselines.ptychi import ptychi_available
+from ptypinn.workflows.studies import (
     PROBE_SCENARIOS,
     _simulate_cell,
     experimental_probe,
@@ -132,7 +132,7 @@ def test_probe_study_falls_back_to_defocused_disk(tmp_path, caplog):
     study, base = load_study(_study(kind="probe", values=["experimental_g1"],
                                     experimental_probe_path=str(tmp_path / "missing.npz")))
     (cell,) = plan_cells(study, base)
-    with caplog.at_level("WARNING", logger="ptypinn.studies"):
+    with caplog.at_level("WARNING", logger="ptypinn.workflows.studies"):
         train, _, notes = _simulate_cell(cell, study, {})
     assert "stand-in" in notes["probe_source"] and "not found" in caplog.text
     assert train.meta["probe_kind"] == "defocused_disk"

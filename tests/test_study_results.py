@@ -1,6 +1,6 @@
 """Study results (SPEC §9): the finding sentence computed from results rows."""
 
-from ptypinn.study_results import study_finding
+from ptypinn.workflows.study_results import study_finding
 
 
 def _rows(table):

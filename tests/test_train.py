@@ -11,8 +11,8 @@ import torch
 from ptypinn import io
 from ptypinn.config import Config, from_dict
 from ptypinn.data import amplitude_scale
-from ptypinn.models import PINN
-from ptypinn.train import TrainingDiverged, train_model
+from ptypinn.pinn.models import PINN
+from ptypinn.pinn.train import TrainingDiverged, train_model
 
 
 def _cfg(**train):

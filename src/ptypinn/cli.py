@@ -111,7 +111,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ptypinn.train import train_model
+    from ptypinn.pinn.train import train_model
 
     cfg = _config(args)
     scan = _read_scan(args.train, args.measurement)
@@ -140,8 +140,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from ptypinn.bundle import load_bundle
-    from ptypinn.infer import reconstruct, write_outputs
+    from ptypinn.pinn.bundle import load_bundle
+    from ptypinn.pinn.infer import reconstruct, write_outputs
 
     cfg = _config(args)
     bundle = load_bundle(args.run)
@@ -155,10 +155,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from ptypinn.bundle import load_bundle
+    from ptypinn.pinn.bundle import load_bundle
     from ptypinn.data import calibrate_probe
-    from ptypinn.infer import reconstruct, write_outputs
-    from ptypinn.train import train_model
+    from ptypinn.pinn.infer import reconstruct, write_outputs
+    from ptypinn.pinn.train import train_model
 
     cfg = _config(args)
     scan = calibrate_probe(_read_scan(args.scan, args.measurement))
@@ -174,7 +174,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ptypinn.compare import compare, run_arms, summary_table
+    from ptypinn.workflows.compare import compare, run_arms, summary_table
 
     cfg = _config(args)
     scan = _read_scan(args.scan, args.measurement)
@@ -189,8 +189,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from ptypinn.studies import run_study
-    from ptypinn.study_results import write_report
+    from ptypinn.workflows.studies import run_study
+    from ptypinn.workflows.study_results import write_report
 
     out = Path(args.output)
     _log_to_file(out)
@@ -202,7 +202,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ptypinn.demo import run_demo
+    from ptypinn.workflows.demo import run_demo
 
     out = Path(args.output)
     _log_to_file(out)
@@ -212,7 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ptypinn.describe import describe_path
+    from ptypinn.workflows.describe import describe_path
 
     for line in describe_path(args.file, measurement=args.measurement):
         print(line)
@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    from ptypinn.train import TrainingDiverged
+    from ptypinn.pinn.train import TrainingDiverged
 
     try:
         return int(args.func(args) or 0)

@@ -12,7 +12,7 @@ of margin, clipped to the old frame when it has an object array), so ``new = old
 
 :func:`convention_variants` builds the scans that a wrong reader convention would have produced
 (position columns swapped, detector rotated by 180 degrees, ...); reconstructing each and comparing
-the data NLL (:func:`ptypinn.infer.data_nll`) tells which convention the data follow.
+the data NLL (:func:`ptypinn.pinn.infer.data_nll`) tells which convention the data follow.
 
 Detector binning is deliberately not offered: summing 2x2 detector pixels halves the real-space
 window (the object pixel size stays ``lambda z / (N dx)``), which is only valid when the probe fits
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import ScanData
+from ptypinn.data import ScanData
 
 __all__ = ["crop_scan", "scan_centre_px", "rotate_detector_180", "convention_variants"]
 

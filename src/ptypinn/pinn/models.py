@@ -26,7 +26,7 @@ from torch import nn
 
 from ptypinn import physics
 from ptypinn.config import ModelConfig
-from ptypinn.networks import build_generator
+from ptypinn.pinn.networks import build_generator
 
 __all__ = ["merge_window", "overlap_constraint", "PINN", "SupervisedBaseline", "build_model"]
 

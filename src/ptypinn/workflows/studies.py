@@ -39,8 +39,8 @@ Per kind (the cell's base config is changed in one place only):
 Seed ``s`` of a cell: simulation seed ``simulation.seed + 2 s`` (train; ``+1`` is the test
 object), training and grouping seeds ``+ s``.
 
-Finished cells are read back and reported by :mod:`ptypinn.study_results`
-(:func:`ptypinn.study_results.write_report`: ``results.csv``, ``table.md``, ``curves.png``,
+Finished cells are read back and reported by :mod:`ptypinn.workflows.study_results`
+(:func:`ptypinn.workflows.study_results.write_report`: ``results.csv``, ``table.md``, ``curves.png``,
 ``report.md`` and ``report.html``).
 """
 
@@ -528,9 +528,9 @@ def _run_cell(cell: Cell, study: StudyConfig, cell_dir: Path, cache: dict[Any, A
               key: dict[str, Any]) -> dict[str, Any]:
     """Simulate, train the network arms, compare all arms on the test scan, write done.json."""
     from ptypinn import io
-    from ptypinn.compare import compare, run_arms
-    from ptypinn.iterative import ptychi_available
-    from ptypinn.train import TrainingDiverged, train_model
+    from ptypinn.workflows.compare import compare, run_arms
+    from ptypinn.baselines.ptychi import ptychi_available
+    from ptypinn.pinn.train import TrainingDiverged, train_model
 
     io.write_yaml(cell_dir / "config.resolved.yaml", to_dict(cell.config))
     train, test, notes = _simulate_cell(cell, study, cache)
@@ -598,12 +598,12 @@ def run_study(source: str | os.PathLike | Mapping[str, Any], out_dir: str | os.P
     Returns
     -------
     dict
-        :func:`ptypinn.study_results.write_report`'s summary plus ``cells_run`` and
+        :func:`ptypinn.workflows.study_results.write_report`'s summary plus ``cells_run`` and
         ``cells_skipped`` (names).
     """
     from ptypinn import io
     # lazy: study_results imports this module at load time, so a top-level import would cycle
-    from ptypinn.study_results import write_report
+    from ptypinn.workflows.study_results import write_report
 
     study, base = load_study(source, overrides)
     out = Path(out_dir)

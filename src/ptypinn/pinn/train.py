@@ -25,11 +25,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ptypinn import physics
-from ptypinn.bundle import save_bundle
+from ptypinn.pinn.bundle import save_bundle
 from ptypinn.config import Config
 from ptypinn.data import ScanData, amplitude_scale, normalized_amplitudes
 from ptypinn.grouping import Groups, group_patterns
-from ptypinn.models import build_model
+from ptypinn.pinn.models import build_model
 
 __all__ = ["TrainingDiverged", "GroupDataset", "LitPtycho", "TrainResult", "train_model",
            "split_groups"]

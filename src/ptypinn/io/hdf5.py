@@ -1,7 +1,7 @@
 """HDF5 interoperability: CXI scans, ptychodus product files, and the tike Siemens-star scan.
 
 Part of the io layer (with :mod:`ptypinn.io`, the only modules that touch files).  Every writer
-is atomic (:func:`ptypinn.io.atomic_path`).  Every error on bad input is a one-line
+is atomic (:func:`ptypinn.io.files.atomic_path`).  Every error on bad input is a one-line
 ``ValueError`` that names the file and the HDF5 dataset path (or NPZ key) at fault.  The full
 description of the layouts and conventions is in ``docs/formats.md``.
 
@@ -49,7 +49,7 @@ import numpy as np
 from scipy import constants
 
 from ptypinn.data import ScanData
-from ptypinn.io import atomic_path
+from ptypinn.io.files import atomic_path
 
 __all__ = [
     "Product",

@@ -3,8 +3,8 @@
 Two steps, so arms can also be produced elsewhere (or built by hand in tests):
 
 1. :func:`run_arms` reconstructs the scan with each requested arm -- a PINN bundle, a supervised
-   baseline bundle (both through :func:`ptypinn.infer.reconstruct`) and pty-chi
-   (:func:`ptypinn.iterative.reconstruct_ptychi`, same probe and positions) -- one after the
+   baseline bundle (both through :func:`ptypinn.pinn.infer.reconstruct`) and pty-chi
+   (:func:`ptypinn.baselines.ptychi.reconstruct_ptychi`, same probe and positions) -- one after the
    other on the same machine, and times each.
 2. :func:`compare` scores them and writes, into one directory::
 
@@ -52,7 +52,7 @@ from ptypinn.data import ScanData
 from ptypinn.metrics import AlignedPair, align, evaluate, frc, metrics_long_rows
 
 if TYPE_CHECKING:
-    from ptypinn.bundle import Bundle
+    from ptypinn.pinn.bundle import Bundle
 
 __all__ = ["ArmResult", "ARM_NAMES", "footprint_mask", "run_arms", "compare", "summary_table"]
 
@@ -83,7 +83,7 @@ class ArmResult:
         ``n_patterns / wall_time_s``.
     nll_per_pixel : float
         Mean over patterns of the data Poisson NLL per pixel minus the saturated model's
-        (:func:`ptypinn.infer.data_nll`).
+        (:func:`ptypinn.pinn.infer.data_nll`).
     details : dict
         JSON-friendly extras (bundle path, pty-chi algorithm and iterations, ...).
     """
@@ -105,14 +105,14 @@ def footprint_mask(scan: ScanData, crop_px: int | None = None) -> np.ndarray:
     """Pixels covered by the scan's (cropped) probe windows, as a network arm's ``covered``.
 
     Runs :class:`ptypinn.stitch.Stitcher` on all-ones patches with the crop a network arm uses
-    (``crop_px``, default :func:`ptypinn.infer.default_crop_px` of the scan's probe), streamed in
+    (``crop_px``, default :func:`ptypinn.pinn.infer.default_crop_px` of the scan's probe), streamed in
     batches.
 
     Returns
     -------
     bool ``(Hy, Wx)`` in the scan's object frame.
     """
-    from ptypinn.infer import default_crop_px
+    from ptypinn.pinn.infer import default_crop_px
     from ptypinn.stitch import Stitcher
 
     n = scan.pattern_size
@@ -131,7 +131,7 @@ def _ptychi_device(device: str) -> str:
 
 
 def _load_network(path: str, kind: str) -> Bundle:
-    from ptypinn.bundle import load_bundle
+    from ptypinn.pinn.bundle import load_bundle
 
     bundle = load_bundle(path)
     got = bundle.config.model.kind
@@ -178,8 +178,8 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | None = None,
     ValueError
         No arm requested, a bundle of the wrong kind, or pty-chi not usable (with the reason).
     """
-    from ptypinn.infer import data_nll, reconstruct, resolve_device
-    from ptypinn.iterative import IterativeConfig, ptychi_available, reconstruct_ptychi
+    from ptypinn.pinn.infer import data_nll, reconstruct, resolve_device
+    from ptypinn.baselines.ptychi import IterativeConfig, ptychi_available, reconstruct_ptychi
 
     if pinn is None and baseline is None and ptychi is None:
         raise ValueError("arms: expected at least one of pinn, baseline, ptychi, got none")
@@ -304,7 +304,7 @@ def compare(scan: ScanData, arms: list[ArmResult], out_dir: str | os.PathLike) -
         ``{"A vs B": metrics}``), ``truth_nll_per_pixel`` (with truth), ``frc_units``, ``files``.
     """
     from ptypinn import io, report
-    from ptypinn.infer import data_nll
+    from ptypinn.pinn.infer import data_nll
 
     out = Path(out_dir)
     common = _check_arms(scan, arms)

@@ -47,10 +47,10 @@ def run_demo(out_dir: str | os.PathLike, quick: bool = False,
              overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns the summary (with a printable ``text``)."""
     from ptypinn import io
-    from ptypinn.bundle import load_bundle
-    from ptypinn.infer import reconstruct, write_outputs
+    from ptypinn.pinn.bundle import load_bundle
+    from ptypinn.pinn.infer import reconstruct, write_outputs
     from ptypinn.simulate import simulate_train_test
-    from ptypinn.train import train_model
+    from ptypinn.pinn.train import train_model
 
     out = Path(out_dir)
     cfg = demo_config(quick, overrides)

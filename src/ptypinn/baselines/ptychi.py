@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import ScanData
+from ptypinn.data import ScanData
 
 __all__ = [
     "IterativeConfig",

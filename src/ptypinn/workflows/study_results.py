@@ -1,6 +1,6 @@
 """Study results: read the finished cells of a study directory and assemble its report.
 
-The study itself (configuration, cells, running) is :mod:`ptypinn.studies`; this module only reads
+The study itself (configuration, cells, running) is :mod:`ptypinn.workflows.studies`; this module only reads
 what its cells left behind (``STUDY/cells/<name>/done.json`` and ``compare/``, in the order of
 ``study.json``).
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ptypinn.studies import (
+from ptypinn.workflows.studies import (
     _ARM_LABEL,
     _PARAMETER,
     ARMS,

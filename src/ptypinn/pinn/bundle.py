@@ -23,7 +23,7 @@ from torch import nn
 
 from ptypinn import __version__, io
 from ptypinn.config import Config, from_dict, to_dict
-from ptypinn.models import build_model
+from ptypinn.pinn.models import build_model
 
 __all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "save_bundle", "load_bundle"]
 

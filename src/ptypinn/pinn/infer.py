@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ptypinn import physics
-from ptypinn.bundle import Bundle
+from ptypinn.pinn.bundle import Bundle
 from ptypinn.config import GroupingConfig, InferConfig
 from ptypinn.data import ScanData, normalized_amplitudes
 from ptypinn.grouping import group_patterns, probe_radius_px_from_probe

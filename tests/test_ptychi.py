@@ -1,4 +1,4 @@
-"""Tests of the pty-chi adapter (``ptypinn.iterative``).
+"""Tests of the pty-chi adapter (``ptypinn.baselines.ptychi``).
 
 Config validation and the torchvision stand-in run everywhere; the reconstructions are skipped
 (with the reason) where pty-chi cannot be imported.  Scans are simulated here with
@@ -15,7 +15,7 @@ import torch
 
 from ptypinn import physics
 from ptypinn.data import ScanData
-from ptypinn.iterative import (
+from ptypinn.baselines.ptychi import (
     GaussianBlurStandIn,
     IterativeConfig,
     ptychi_available,

@@ -68,8 +68,6 @@ def describe_path(path: str | os.PathLike, measurement: str | None = None) -> li
         ]
     kind = io.detect_format(p)
     if kind == "hdf5":
-        from ptypinn import io_hdf5
-
-        return io_hdf5.describe_hdf5(p)
+        return io.describe_hdf5(p)
     scan = io.read_scan(p, measurement=measurement)
     return [f"{p}: {kind} scan"] + describe_scan(scan)

@@ -1,0 +1,55 @@
+"""All file access of the package (nothing outside ``ptypinn.io`` touches files).
+
+* :mod:`ptypinn.io.files` -- atomic writes; YAML, JSON, NPZ, safetensors, bytes, images.
+* :mod:`ptypinn.io.scans` -- scan formats: detection, the ``{format: reader}`` table, canonical and
+  reference NPZ.
+* :mod:`ptypinn.io.hdf5` -- CXI, ptychodus product files, the tike Siemens-star scan.
+
+The names below are re-exported so callers write ``from ptypinn import io; io.read_scan(...)``.
+This package imports only :mod:`ptypinn.data` and :mod:`ptypinn.config` from the rest of
+ptypinn.
+"""
+
+from ptypinn.io.files import (
+    atomic_path,
+    json_default,
+    load_npz,
+    read_bytes,
+    read_image,
+    read_json,
+    read_safetensors,
+    read_yaml,
+    save_npz,
+    write_bytes,
+    write_json,
+    write_safetensors,
+    write_text,
+    write_yaml,
+)
+from ptypinn.io.hdf5 import (
+    Product,
+    describe_hdf5,
+    detect_hdf5_kind,
+    read_cxi,
+    read_product,
+    read_tike_siemens_npz_bz2,
+    write_cxi,
+    write_product,
+)
+from ptypinn.io.scans import (
+    SCAN_FORMAT,
+    detect_format,
+    read_probe,
+    read_reference_npz,
+    read_scan,
+    write_scan,
+)
+
+__all__ = [
+    "atomic_path", "json_default", "load_npz", "read_bytes", "read_image", "read_json",
+    "read_safetensors", "read_yaml", "save_npz", "write_bytes", "write_json", "write_safetensors",
+    "write_text", "write_yaml",
+    "Product", "describe_hdf5", "detect_hdf5_kind", "read_cxi", "read_product",
+    "read_tike_siemens_npz_bz2", "write_cxi", "write_product",
+    "SCAN_FORMAT", "detect_format", "read_probe", "read_reference_npz", "read_scan", "write_scan",
+]
