@@ -37,7 +37,8 @@ import torch
 from ptypinn import io, report
 from ptypinn.pinn.bundle import load_bundle
 from ptypinn.workflows.compare import ArmResult, compare, footprint_mask, run_arms, summary_table
-from ptypinn.config import load_config, to_dict
+from ptypinn.config import to_dict
+from ptypinn.io import load_config
 from ptypinn.data import ScanData, calibrate_probe
 from ptypinn.experimental import convention_variants, crop_scan, scan_centre_px
 from ptypinn.pinn.infer import data_nll

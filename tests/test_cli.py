@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ptypinn import io
-from ptypinn.pinn.bundle import save_bundle
+from ptypinn.pinn.bundle import Bundle, save_bundle
 from ptypinn.cli import main
 from ptypinn.config import Config, ModelConfig, from_dict
 from ptypinn.pinn.models import build_model
@@ -104,8 +104,8 @@ def test_baseline_without_truth(tmp_path, capsys, sim_files):
 def _bundle(path, size):
     torch.manual_seed(0)
     probe = torch.ones(size, size, dtype=torch.complex64)
-    model = build_model(ModelConfig(width=8, depth=2), probe, 1.0, 1)
-    save_bundle(path, model, from_dict(Config, {"model": {"width": 8, "depth": 2}}), 1)
+    model = build_model(ModelConfig(width=8, depth=2), probe, 1)
+    save_bundle(path, Bundle.create(model, from_dict(Config, {"model": {"width": 8, "depth": 2}})))
 
 
 def test_infer_pattern_size_mismatch_and_format_version(tmp_path, capsys, sim_files):
@@ -126,11 +126,12 @@ def test_constant_prediction_is_an_error(tmp_path, capsys, sim_files, monkeypatc
     from ptypinn.pinn import networks
 
     scan = io.read_scan(sim_files / "test.npz")
-    model = build_model(ModelConfig(width=8, depth=2), torch.from_numpy(scan.probe), 1.0, 1)
-    save_bundle(tmp_path / "flat", model, from_dict(Config, {"model": {"width": 8, "depth": 2}}), 1)
+    model = build_model(ModelConfig(width=8, depth=2), torch.from_numpy(scan.probe), 1)
+    save_bundle(tmp_path / "flat",
+                Bundle.create(model, from_dict(Config, {"model": {"width": 8, "depth": 2}})))
 
-    def constant(self, amplitudes, *args, **kwargs):
-        return torch.full(amplitudes.shape, 0.75 + 0j, dtype=torch.complex64)
+    def constant(self, counts, *args, **kwargs):
+        return torch.full(counts.shape, 0.75 + 0j, dtype=torch.complex64)
 
     monkeypatch.setattr(networks.UNetGenerator, "forward", constant)
     _user_error(capsys, ["infer", str(tmp_path / "flat"), "--scan", str(sim_files / "test.npz"),

@@ -7,6 +7,7 @@ blurred and noised) so no training is needed, except in the one test that runs a
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -15,9 +16,10 @@ import pytest
 from scipy import ndimage
 
 from ptypinn.workflows.compare import ArmResult, compare, footprint_mask, run_arms, summary_table
-from ptypinn.config import Config, InferConfig, SimulationConfig, from_dict
+from ptypinn.config import Config, InferConfig, IterativeConfig, SimulationConfig, from_dict
 from ptypinn.data import ScanData
-from ptypinn.pinn.infer import data_nll, default_crop_px
+from ptypinn.physics import data_nll
+from ptypinn.stitch import default_crop_px
 from ptypinn.metrics import evaluate
 from ptypinn.report import comparison_png, frc_png
 from ptypinn.simulate import simulate_scan
@@ -270,7 +272,8 @@ def test_run_arms_ptychi(scan):
     if not ok:
         print(f"pty-chi not usable: {why}")
         pytest.skip(f"pty-chi not usable: {why}")
-    arms = run_arms(scan, ptychi="epie", ptychi_iterations=5, infer_cfg=InferConfig(device="cpu"))
+    arms = run_arms(scan, ptychi=IterativeConfig(algorithm="epie", iterations=5, device="cpu"),
+                    infer_cfg=InferConfig(device="cpu"))
     assert [a.name for a in arms] == ["PtyChi"]
     a = arms[0]
     assert a.object.shape == scan.object_shape_px and np.isfinite(a.object).all()
@@ -301,14 +304,15 @@ def test_run_arms_ptychi_refines_a_wrong_probe(scan):
     wrong *= np.sqrt((np.abs(p) ** 2).sum() / (np.abs(wrong) ** 2).sum())
     bad = scan.replace(probe=wrong.astype(np.complex64))
     cfg = InferConfig(device="cpu")
-    fixed = run_arms(bad, ptychi="epie", ptychi_iterations=20, infer_cfg=cfg)[0]
-    refined = run_arms(bad, ptychi="epie", ptychi_iterations=20, infer_cfg=cfg,
-                       ptychi_refine_probe=True)[0]
+    it_cfg = IterativeConfig(algorithm="epie", iterations=20, device="cpu")
+    fixed = run_arms(bad, ptychi=it_cfg, infer_cfg=cfg)[0]
+    refined = run_arms(bad, ptychi=dataclasses.replace(it_cfg, optimize_probe=True),
+                       infer_cfg=cfg)[0]
     assert refined.details["probe"] == "refined"
     print(f"NLL fixed {fixed.nll_per_pixel:.4f} refined {refined.nll_per_pixel:.4f}")
     assert refined.nll_per_pixel < fixed.nll_per_pixel
 
 
-def test_run_arms_bad_ptychi_algorithm(scan):
-    with pytest.raises(ValueError, match="algorithm"):
-        run_arms(scan, ptychi="nope")
+def test_bad_ptychi_algorithm_is_a_config_error():
+    with pytest.raises(ValueError, match=r"iterative\.algorithm"):
+        IterativeConfig(algorithm="nope")

@@ -3,7 +3,8 @@
 import pytest
 
 from ptypinn.config import (Config, ConfigError, SimulationConfig, apply_overrides, from_dict,
-                            load_config, to_dict)
+                            to_dict)
+from ptypinn.io import load_config
 
 
 def test_defaults_round_trip_through_dict():

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-import torch
 
-from ptypinn.data import ScanData, amplitude_scale, calibrate_probe, normalized_amplitudes
+from ptypinn.data import FRAME_MARGIN_PX, ScanData, calibrate_probe, frame_shift_px
 
 
 def _scan(**kw):
@@ -45,20 +44,18 @@ def test_valid_scan_casts_and_frames():
     assert s.subset(slice(0, 2)).n_patterns == 2
 
 
-def test_amplitude_scale_definition():
-    counts = np.zeros((2, 4, 4))
-    counts[0, 0, 0] = 16 * 9  # totals 144 and 16*4
-    counts[1] += 4
-    s = amplitude_scale(counts)
-    assert s == pytest.approx(np.sqrt((144 + 64) / 2 / 16))
-    x = normalized_amplitudes(counts, s)
-    assert np.mean(np.sum(x**2, axis=(1, 2))) / 16 == pytest.approx(1.0)
-    t = normalized_amplitudes(torch.tensor(counts), s)
-    np.testing.assert_allclose(t.numpy(), x)
-    with pytest.raises(ValueError, match="scale"):
-        normalized_amplitudes(counts, 0.0)
-    with pytest.raises(ValueError, match="counts"):
-        amplitude_scale(np.zeros((2, 4, 4)))
+def test_frame_shift_puts_first_window_at_the_margin():
+    n = 8
+    pos = np.array([[-3.25, 10.0], [2.5, -7.0], [20.0, 4.0]])
+    shift = frame_shift_px(pos, n)
+    assert np.all(shift == np.round(shift))  # whole pixels: sub-pixel phases stay as measured
+    starts = pos + shift - n / 2
+    # first window on each axis starts in [margin, margin + 1): no pixel wasted, none cut
+    assert np.all(starts.min(axis=0) >= FRAME_MARGIN_PX)
+    assert np.all(starts.min(axis=0) < FRAME_MARGIN_PX + 1)
+    s = _scan(object_true=None)
+    assert np.array_equal(frame_shift_px(s.positions_px + shift[None], 8),
+                          frame_shift_px(s.positions_px, 8) - shift)
 
 
 def test_calibrate_probe_matches_dose():

@@ -160,7 +160,8 @@ def _real_scan_or_skip():
 
 def test_real_scan_crop_and_one_ptychi_epoch():
     """Converter + crop + one pty-chi epoch on 16 real patterns (~6 s idle, ~16 s loaded)."""
-    from ptypinn.baselines.ptychi import IterativeConfig, reconstruct_ptychi
+    from ptypinn.baselines.ptychi import reconstruct_ptychi
+    from ptypinn.config import IterativeConfig
 
     scan = _real_scan_or_skip()  # ~3-5 s: bzip2 + 516 patterns of 128x128
     sub = crop_scan(scan, scan_centre_px(scan), 16)
@@ -182,9 +183,10 @@ def test_real_scan_pinn_agrees_with_ptychi(tmp_path):
     """
     from ptypinn.pinn.bundle import load_bundle
     from ptypinn.workflows.compare import footprint_mask
-    from ptypinn.config import load_config
+    from ptypinn.io import load_config
     from ptypinn.pinn.infer import reconstruct
-    from ptypinn.baselines.ptychi import IterativeConfig, reconstruct_ptychi
+    from ptypinn.baselines.ptychi import reconstruct_ptychi
+    from ptypinn.config import IterativeConfig
     from ptypinn.metrics import align, pearson
     from ptypinn.pinn.train import train_model
 

@@ -15,9 +15,9 @@ import torch
 
 from ptypinn import physics
 from ptypinn.data import ScanData
+from ptypinn.config import IterativeConfig
 from ptypinn.baselines.ptychi import (
     GaussianBlurStandIn,
-    IterativeConfig,
     ptychi_available,
     reconstruct_ptychi,
     to_ptychi_positions,
@@ -43,7 +43,7 @@ N = 64
     ],
 )
 def test_config_rejects_bad_values(kwargs, field):
-    with pytest.raises(ValueError, match=rf"^{field}: expected .*, got "):
+    with pytest.raises(ValueError, match=rf"^iterative\.{field}: expected .*, got "):
         IterativeConfig(**kwargs)
 
 

@@ -8,7 +8,8 @@ import torch
 from scipy.ndimage import binary_erosion
 
 from ptypinn.physics import extract_patches
-from ptypinn.stitch import (Stitcher, canvas_shape_px, crop_mask, overlap_pairs,
+from ptypinn.physics import canvas_shape_px
+from ptypinn.stitch import (Stitcher, crop_mask, overlap_pairs,
                             pair_overlap_products, solve_phase_offsets, stitch_patches,
                             synchronize_phases)
 

@@ -10,15 +10,8 @@ from ptypinn import report
 from ptypinn.config import ConfigError
 from ptypinn.grouping import probe_radius_px_from_probe
 from ptypinn.baselines.ptychi import ptychi_available
-from ptypinn.workflows.studies import (
-    PROBE_SCENARIOS,
-    _simulate_cell,
-    experimental_probe,
-    load_study,
-    plan_cells,
-    run_study,
-    study_config_from_dict,
-)
+from ptypinn.workflows.studies import simulate_cell, experimental_probe, plan_cells, run_study
+from ptypinn.workflows.study_config import PROBE_SCENARIOS, load_study, study_config_from_dict
 
 BASE = {
     "simulation": {"object_kind": "lines", "object_size_px": 64, "probe_size_px": 32,
@@ -115,8 +108,8 @@ def test_generalization_subsets_and_out_of_distribution_test():
                                     test_object_kind="grf"))
     cache = {}
     c10, c20 = plan_cells(study, base)
-    tr10, te10, notes = _simulate_cell(c10, study, cache)
-    tr20, te20, _ = _simulate_cell(c20, study, cache)
+    tr10, te10, notes = simulate_cell(c10, study, cache)
+    tr20, te20, _ = simulate_cell(c20, study, cache)
     assert tr10.n_patterns == 10 and tr20.n_patterns == 20
     # nested subsets of one training scan (same object, positions a subset)
     assert set(map(tuple, tr10.positions_px)) <= set(map(tuple, tr20.positions_px))
@@ -125,7 +118,7 @@ def test_generalization_subsets_and_out_of_distribution_test():
     assert notes["test_object_kind"] == "grf"
     too_big = plan_cells(*load_study(_study(kind="generalization", values=[10_000])))[0]
     with pytest.raises(ValueError, match=r"study\.values: expected training-set sizes <= \d+ "):
-        _simulate_cell(too_big, study, cache)
+        simulate_cell(too_big, study, cache)
 
 
 def test_probe_study_falls_back_to_defocused_disk(tmp_path, caplog):
@@ -133,7 +126,7 @@ def test_probe_study_falls_back_to_defocused_disk(tmp_path, caplog):
                                     experimental_probe_path=str(tmp_path / "missing.npz")))
     (cell,) = plan_cells(study, base)
     with caplog.at_level("WARNING", logger="ptypinn.workflows.studies"):
-        train, _, notes = _simulate_cell(cell, study, {})
+        train, _, notes = simulate_cell(cell, study, {})
     assert "stand-in" in notes["probe_source"] and "not found" in caplog.text
     assert train.meta["probe_kind"] == "defocused_disk"
 

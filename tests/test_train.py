@@ -1,4 +1,4 @@
-"""Training: normalization from the train split, NaN guard, resume, 2-process DDP on CPU."""
+"""Training: the bundle returned and written, NaN guard, resume, 2-process DDP on CPU."""
 
 import json
 import subprocess
@@ -10,7 +10,7 @@ import torch
 
 from ptypinn import io
 from ptypinn.config import Config, from_dict
-from ptypinn.data import amplitude_scale
+from ptypinn.pinn.bundle import load_bundle
 from ptypinn.pinn.models import PINN
 from ptypinn.pinn.train import TrainingDiverged, train_model
 
@@ -23,12 +23,17 @@ def _cfg(**train):
     })
 
 
-def test_train_writes_bundle_with_train_split_scale(tiny_pair, tmp_path):
+def test_train_returns_the_bundle_it_writes(tiny_pair, tmp_path):
     train, test = tiny_pair
     res = train_model(_cfg(), train, tmp_path)
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
-    assert manifest["amplitude_scale"] == pytest.approx(amplitude_scale(train.counts))
-    assert manifest["amplitude_scale"] != pytest.approx(amplitude_scale(test.counts), rel=1e-6)
+    assert manifest == json.loads(json.dumps(res.bundle.manifest))
+    assert manifest["training"]["photons_per_pattern"] == pytest.approx(train.photons_per_pattern)
+    loaded = load_bundle(res.bundle_dir)
+    counts = torch.from_numpy(test.counts[:8]).reshape(2, 4, *test.counts.shape[1:])
+    offsets = torch.tensor([[-2.0, -2], [-2, 2], [2, -2], [2, 2]]).expand(2, 4, 2)
+    with torch.no_grad():
+        assert torch.equal(res.bundle.model(counts, offsets), loaded.model(counts, offsets))
     assert res.epochs_run == 2 and res.n_val_groups > 0
     rows = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
     assert "train_loss" in rows[0] and len(rows) > 1

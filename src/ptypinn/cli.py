@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 
 from ptypinn import __version__
+from ptypinn.config import PTYCHI_ENGINES
 
 log = logging.getLogger("ptypinn.cli")
 
@@ -52,7 +53,7 @@ def _log_to_file(out_dir: Path) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from ptypinn.config import load_config
+    from ptypinn.io import load_config
 
     return load_config(getattr(args, "config", None), getattr(args, "set", None) or [])
 
@@ -70,12 +71,13 @@ def _read_scan(path: str, measurement: str | None = None):
     return io.read_scan(path, measurement=measurement)
 
 
-def _add_common(p: argparse.ArgumentParser, config_positional: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser, config_positional: bool = False) -> None:
     if config_positional:
         p.add_argument("config", nargs="?", help="YAML config (sections: simulation, grouping, "
-                       "model, train, infer)")
+                       "model, train, infer, iterative)")
     else:
-        p.add_argument("--config", "-c", help="YAML config")
+        p.add_argument("--config", "-c", help="YAML config (sections: simulation, grouping, "
+                       "model, train, infer, iterative)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one config value (repeatable)")
 
@@ -113,6 +115,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ptypinn.pinn.train import train_model
 
+    if args.config_positional is not None:
+        if args.config is not None:
+            raise ValueError("train: expected one config, got both a positional one and --config")
+        log.warning("'ptypinn train CONFIG' is deprecated; use 'ptypinn train --config CONFIG'")
+        args.config = args.config_positional
     cfg = _config(args)
     scan = _read_scan(args.train, args.measurement)
     out = Path(args.output)
@@ -155,7 +162,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from ptypinn.pinn.bundle import load_bundle
     from ptypinn.data import calibrate_probe
     from ptypinn.pinn.infer import reconstruct, write_outputs
     from ptypinn.pinn.train import train_model
@@ -166,22 +172,27 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     _log_to_file(out)
     _write_config(out, cfg)
     t0 = time.perf_counter()
-    train_model(cfg, scan, out / "run")
+    bundle = train_model(cfg, scan, out / "run").bundle
     train_s = time.perf_counter() - t0
-    recon = reconstruct(load_bundle(out / "run" / "bundle"), scan, cfg.infer)
+    recon = reconstruct(bundle, scan, cfg.infer)
     _print_summary(write_outputs(out, recon, scan, {"train_time_s": train_s}))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from ptypinn.workflows.compare import compare, run_arms, summary_table
 
     cfg = _config(args)
+    flags = {"algorithm": args.ptychi, "iterations": args.ptychi_iterations,
+             "optimize_probe": True if args.ptychi_refine_probe else None}
+    cfg = dataclasses.replace(cfg, iterative=dataclasses.replace(
+        cfg.iterative, **{k: v for k, v in flags.items() if v is not None}))
     scan = _read_scan(args.scan, args.measurement)
     out = Path(args.output)
-    arms = run_arms(scan, pinn=args.pinn, baseline=args.baseline, ptychi=args.ptychi,
-                    ptychi_iterations=args.ptychi_iterations, infer_cfg=cfg.infer,
-                    ptychi_refine_probe=args.ptychi_refine_probe)
+    arms = run_arms(scan, pinn=args.pinn, baseline=args.baseline,
+                    ptychi=cfg.iterative if args.ptychi else None, infer_cfg=cfg.infer)
     _log_to_file(out)
     _write_config(out, cfg)
     print(summary_table(compare(scan, arms, out)))
@@ -229,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("simulate", help="simulate a scan (and optionally a disjoint test scan)")
-    _add_common(s)
+    _add_common(s, config_positional=True)
     s.add_argument("-o", "--output", required=True, help="output scan .npz (+ .png preview)")
     s.add_argument("--test-output", help="also write a test scan of a different object here")
     s.set_defaults(func=cmd_simulate)
@@ -239,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (PINN or baseline) on a scan")
     _add_common(t)
+    t.add_argument("config_positional", nargs="?", metavar="CONFIG",
+                   help="deprecated: use --config")
     t.add_argument("--train", required=True, help="training scan file")
     t.add_argument("-o", "--output", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
@@ -265,12 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(c, config_positional=False)
     c.add_argument("--pinn", help="PINN run or bundle directory")
     c.add_argument("--baseline", help="supervised-baseline run or bundle directory")
-    c.add_argument("--ptychi", choices=["lsqml", "epie", "rpie", "dm"],
-                   help="also run pty-chi with this engine (needs ptypinn[iterative])")
-    c.add_argument("--ptychi-iterations", type=int, default=100, metavar="N",
-                   help="pty-chi epochs (default 100)")
+    c.add_argument("--ptychi", choices=list(PTYCHI_ENGINES),
+                   help="also run pty-chi with this engine (needs ptypinn[iterative]); its other "
+                   "settings come from the config's iterative section")
+    c.add_argument("--ptychi-iterations", type=int, default=None, metavar="N",
+                   help="pty-chi epochs (default: iterative.iterations, 100)")
     c.add_argument("--ptychi-refine-probe", action="store_true",
-                   help="let pty-chi refine the probe (measured scans); default: keep it fixed")
+                   help="let pty-chi refine the probe (measured scans); default: "
+                   "iterative.optimize_probe (false)")
     c.add_argument("-o", "--output", required=True, help="output directory")
     c.add_argument("--measurement", **measurement)
     c.set_defaults(func=cmd_compare)
@@ -301,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    from ptypinn.pinn.train import TrainingDiverged
+    from ptypinn.pinn import TrainingDiverged  # light: does not import Lightning
 
     try:
         return int(args.func(args) or 0)

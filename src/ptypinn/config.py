@@ -1,7 +1,7 @@
 """Run configuration: frozen dataclasses with units in field names, validated at construction.
 
 A run is described by one :class:`Config` made of sections (``simulation``, ``grouping``,
-``model``, ``train``, ``infer``).  Configs are plain values: they are built from YAML or dicts,
+``model``, ``train``, ``infer``, ``iterative``).  Configs are plain values: they are built from YAML or dicts,
 modified with ``--set section.field=value`` overrides, passed explicitly to every function that
 needs them and written next to every output (:func:`to_dict`).  There is no global state.
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,27 +21,46 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 __all__ = [
+    "ARM_LABELS",
+    "PTYCHI_ENGINES",
+    "PtychiEngine",
+    "require",
     "ConfigError",
     "SimulationConfig",
     "GroupingConfig",
     "ModelConfig",
     "TrainConfig",
     "InferConfig",
+    "IterativeConfig",
     "Config",
     "from_dict",
     "to_dict",
-    "load_config",
+    "build_config",
     "apply_overrides",
 ]
+
+
+ARM_LABELS = {"pinn": "PINN", "baseline": "Baseline", "ptychi": "PtyChi"}
+"""Display name of each reconstruction arm (the ``model`` column of every table)."""
+
+PtychiEngine = Literal["lsqml", "epie", "rpie", "dm"]
+PTYCHI_ENGINES: tuple[str, ...] = typing.get_args(PtychiEngine)
+"""The pty-chi engines the iterative arm can run (``iterative.algorithm``)."""
 
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid (a user error: one line, names the key)."""
 
 
-def _require(cond: bool, key: str, expected: str, actual: Any) -> None:
+def require(cond: bool, key: str, expected: str, actual: Any) -> None:
+    """Raise :class:`ConfigError` ``"{key}: expected {expected}, got {actual!r}"`` unless
+    ``cond`` (the one error form of every config check)."""
     if not cond:
         raise ConfigError(f"{key}: expected {expected}, got {actual!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -71,25 +91,25 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         s = "simulation"
-        _require(self.probe_size_px in (32, 64, 128, 256), f"{s}.probe_size_px",
+        require(self.probe_size_px in (32, 64, 128, 256), f"{s}.probe_size_px",
                  "one of 32, 64, 128, 256", self.probe_size_px)
-        _require(self.object_size_px >= self.probe_size_px + 2, f"{s}.object_size_px",
+        require(self.object_size_px >= self.probe_size_px + 2, f"{s}.object_size_px",
                  f">= probe_size_px + 2 ({self.probe_size_px + 2})", self.object_size_px)
-        _require(0 < self.probe_radius_px <= self.probe_size_px / 2, f"{s}.probe_radius_px",
+        require(0 < self.probe_radius_px <= self.probe_size_px / 2, f"{s}.probe_radius_px",
                  f"in (0, {self.probe_size_px / 2}]", self.probe_radius_px)
-        _require(self.scan_step_px > 0, f"{s}.scan_step_px", "> 0", self.scan_step_px)
-        _require(self.overlap_fraction is None or 0 <= self.overlap_fraction < 1,
+        require(self.scan_step_px > 0, f"{s}.scan_step_px", "> 0", self.scan_step_px)
+        require(self.overlap_fraction is None or 0 <= self.overlap_fraction < 1,
                  f"{s}.overlap_fraction", "None or in [0, 1)", self.overlap_fraction)
-        _require(self.photons_per_pattern is None or self.photons_per_pattern > 0,
+        require(self.photons_per_pattern is None or self.photons_per_pattern > 0,
                  f"{s}.photons_per_pattern", "None (noise-free) or > 0", self.photons_per_pattern)
         lo, hi = self.object_amplitude_range
-        _require(0 < lo <= hi, f"{s}.object_amplitude_range", "0 < low <= high", (lo, hi))
-        _require(self.object_kind != "image" or self.image_path, f"{s}.image_path",
+        require(0 < lo <= hi, f"{s}.object_amplitude_range", "0 < low <= high", (lo, hi))
+        require(self.object_kind != "image" or self.image_path, f"{s}.image_path",
                  "a file path when object_kind is 'image'", self.image_path)
-        _require(self.probe_kind != "file" or self.probe_file, f"{s}.probe_file",
+        require(self.probe_kind != "file" or self.probe_file, f"{s}.probe_file",
                  "a file path when probe_kind is 'file'", self.probe_file)
-        _require(self.scan_jitter_px >= 0, f"{s}.scan_jitter_px", ">= 0", self.scan_jitter_px)
-        _require(self.n_random_positions > 0, f"{s}.n_random_positions", "> 0",
+        require(self.scan_jitter_px >= 0, f"{s}.scan_jitter_px", ">= 0", self.scan_jitter_px)
+        require(self.n_random_positions > 0, f"{s}.n_random_positions", "> 0",
                  self.n_random_positions)
 
     @property
@@ -112,10 +132,10 @@ class GroupingConfig:
 
     def __post_init__(self) -> None:
         s = "grouping"
-        _require(self.gridsize in (1, 2, 3), f"{s}.gridsize", "1, 2 or 3", self.gridsize)
-        _require(self.k_neighbors >= self.gridsize**2 - 1, f"{s}.k_neighbors",
+        require(self.gridsize in (1, 2, 3), f"{s}.gridsize", "1, 2 or 3", self.gridsize)
+        require(self.k_neighbors >= self.gridsize**2 - 1, f"{s}.k_neighbors",
                  f">= gridsize**2 - 1 ({self.gridsize**2 - 1})", self.k_neighbors)
-        _require(self.n_groups is None or self.n_groups > 0, f"{s}.n_groups", "None or > 0",
+        require(self.n_groups is None or self.n_groups > 0, f"{s}.n_groups", "None or > 0",
                  self.n_groups)
 
     @property
@@ -136,17 +156,16 @@ class ModelConfig:
     trainable_intensity_scale: bool = False
     tv_weight: float = 0.0
     poisson_eps: float = 1e-6
-    object_big: bool = True
 
     def __post_init__(self) -> None:
         s = "model"
-        _require(self.kind in ("pinn", "baseline"), f"{s}.kind", "'pinn' or 'baseline'", self.kind)
-        _require(self.generator == "unet", f"{s}.generator", "'unet'", self.generator)
-        _require(self.width >= 4, f"{s}.width", ">= 4", self.width)
-        _require(1 <= self.depth <= 5, f"{s}.depth", "in [1, 5]", self.depth)
-        _require(self.amplitude_max > 0, f"{s}.amplitude_max", "> 0", self.amplitude_max)
-        _require(self.tv_weight >= 0, f"{s}.tv_weight", ">= 0", self.tv_weight)
-        _require(self.poisson_eps >= 1e-12, f"{s}.poisson_eps", ">= 1e-12", self.poisson_eps)
+        require(self.kind in ("pinn", "baseline"), f"{s}.kind", "'pinn' or 'baseline'", self.kind)
+        require(self.generator == "unet", f"{s}.generator", "'unet'", self.generator)
+        require(self.width >= 4, f"{s}.width", ">= 4", self.width)
+        require(1 <= self.depth <= 5, f"{s}.depth", "in [1, 5]", self.depth)
+        require(self.amplitude_max > 0, f"{s}.amplitude_max", "> 0", self.amplitude_max)
+        require(self.tv_weight >= 0, f"{s}.tv_weight", ">= 0", self.tv_weight)
+        require(self.poisson_eps >= 1e-12, f"{s}.poisson_eps", ">= 1e-12", self.poisson_eps)
 
 
 @dataclass(frozen=True)
@@ -171,12 +190,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         s = "train"
-        _require(self.epochs >= 1, f"{s}.epochs", ">= 1", self.epochs)
-        _require(self.batch_size >= 1, f"{s}.batch_size", ">= 1", self.batch_size)
-        _require(self.learning_rate > 0, f"{s}.learning_rate", "> 0", self.learning_rate)
-        _require(0 <= self.val_fraction < 1, f"{s}.val_fraction", "in [0, 1)", self.val_fraction)
-        _require(self.devices >= 1, f"{s}.devices", ">= 1", self.devices)
-        _require(self.num_nodes >= 1, f"{s}.num_nodes", ">= 1", self.num_nodes)
+        require(self.epochs >= 1, f"{s}.epochs", ">= 1", self.epochs)
+        require(self.batch_size >= 1, f"{s}.batch_size", ">= 1", self.batch_size)
+        require(self.learning_rate > 0, f"{s}.learning_rate", "> 0", self.learning_rate)
+        require(0 <= self.val_fraction < 1, f"{s}.val_fraction", "in [0, 1)", self.val_fraction)
+        require(self.devices >= 1, f"{s}.devices", ">= 1", self.devices)
+        require(self.num_nodes >= 1, f"{s}.num_nodes", ">= 1", self.num_nodes)
 
 
 @dataclass(frozen=True)
@@ -191,11 +210,65 @@ class InferConfig:
     phase_sync_reg: float | None = None
 
     def __post_init__(self) -> None:
-        _require(self.batch_size >= 1, "infer.batch_size", ">= 1", self.batch_size)
-        _require(self.phase_sync_reg is None or self.phase_sync_reg >= 0,
+        require(self.batch_size >= 1, "infer.batch_size", ">= 1", self.batch_size)
+        require(self.phase_sync_reg is None or self.phase_sync_reg >= 0,
                  "infer.phase_sync_reg", "None or >= 0", self.phase_sync_reg)
-        _require(self.crop_px is None or self.crop_px >= 1, "infer.crop_px", "None or >= 1",
+        require(self.crop_px is None or self.crop_px >= 1, "infer.crop_px", "None or >= 1",
                  self.crop_px)
+
+
+@dataclass(frozen=True)
+class IterativeConfig:
+    """The pty-chi arm (``iterative`` section; :mod:`ptypinn.baselines.ptychi`).
+
+    Attributes
+    ----------
+    algorithm : {"lsqml", "epie", "rpie", "dm"}
+        pty-chi engine (:data:`PTYCHI_ENGINES`).
+    iterations : int
+        Epochs (passes over all patterns), ``>= 1``.
+    batch_size : int
+        Patterns per minibatch update, ``>= 1`` (DM updates all patterns per epoch).
+    optimize_probe : bool
+        Refine the probe too (default: keep the scan's probe fixed, as the PINN does).
+    device : {"auto", "cpu", "cuda"}
+        ``auto`` picks CUDA when available.
+    seed : int
+        Seed of pty-chi's minibatch shuffling (global RNGs are restored afterwards).
+    noise_model : {"poisson", "gaussian"}
+        Likelihood used by LSQML (ignored by the other engines).
+    step_size : float or None
+        Update step of object (and probe): ``gamma`` for ePIE/rPIE/DM, the optimal-step scaler for
+        LSQML.  ``None`` keeps pty-chi's defaults, except rPIE: ``min(1, 2 / batch_size)``.
+    """
+
+    algorithm: PtychiEngine = "epie"
+    iterations: int = 100
+    batch_size: int = 32
+    optimize_probe: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    noise_model: Literal["poisson", "gaussian"] = "poisson"
+    step_size: float | None = None
+
+    def __post_init__(self) -> None:
+        s = "iterative"
+        require(self.algorithm in PTYCHI_ENGINES, f"{s}.algorithm", f"one of {PTYCHI_ENGINES}",
+                self.algorithm)
+        for name in ("iterations", "batch_size"):
+            v = getattr(self, name)
+            require(_is_int(v) and v >= 1, f"{s}.{name}", "an integer >= 1", v)
+        require(isinstance(self.optimize_probe, bool), f"{s}.optimize_probe", "true/false",
+                self.optimize_probe)
+        require(self.device in ("auto", "cpu", "cuda"), f"{s}.device",
+                "one of ('auto', 'cpu', 'cuda')", self.device)
+        require(_is_int(self.seed) and self.seed >= 0, f"{s}.seed", "an integer >= 0", self.seed)
+        require(self.noise_model in ("poisson", "gaussian"), f"{s}.noise_model",
+                "one of ('poisson', 'gaussian')", self.noise_model)
+        st = self.step_size
+        require(st is None or (isinstance(st, (int, float)) and not isinstance(st, bool)
+                               and math.isfinite(st) and st > 0),
+                f"{s}.step_size", "None or a finite number > 0", st)
 
 
 @dataclass(frozen=True)
@@ -207,6 +280,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    iterative: IterativeConfig = field(default_factory=IterativeConfig)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -239,6 +313,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (int, float)) and str(value) in args:
             return str(value)
         raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[T, ...]
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # one value where a list is expected: a list of one
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], key) for v in value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
@@ -282,15 +362,23 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = "") -> An
     ConfigError
         On an unknown key (with the closest valid key suggested) or a value of the wrong type.
     """
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of fields, got {data!r}")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
     kwargs = {}
     for key, value in data.items():
         if key not in names:
             raise _unknown_key(str(key), names, prefix)
         full = f"{prefix}.{key}" if prefix else key
         kwargs[key] = _coerce(value, hints[key], full)
+    for f in fields:
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in kwargs:
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{f.name}: expected a value, "
+                              "got nothing")
     try:
         return cls(**kwargs)
     except TypeError as e:  # pragma: no cover - guarded by the key check above
@@ -335,14 +423,14 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     return out
 
 
-def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Load a :class:`Config` from an optional YAML file plus ``--set`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        from ptypinn import io  # only io touches files
+def build_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> Config:
+    """A validated :class:`Config` from a mapping of sections plus ``--set`` overrides.
 
-        data = io.read_yaml(path)
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    data = apply_overrides(data, overrides)
-    return from_dict(Config, data)
+    Parameters
+    ----------
+    data : mapping of sections (``{"train": {"epochs": 5}}``), or None for the defaults.
+    overrides : ``section.field=value`` strings, applied last.
+
+    Files are read by :func:`ptypinn.io.load_config`, which calls this.
+    """
+    return from_dict(Config, apply_overrides(dict(data or {}), overrides))

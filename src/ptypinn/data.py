@@ -1,18 +1,13 @@
-"""The one data container, :class:`ScanData`, and the one normalization code path.
+"""The one data container, :class:`ScanData`, and where the absolute scale comes from.
 
-Normalization (the only place it is defined; see ``docs/conventions.md``)
--------------------------------------------------------------------------
-Diffraction data are photon counts ``n``.  The network sees **normalized amplitudes**
-``x = sqrt(n) / s`` where ``s`` is *one scalar per dataset*:
-
-    s = sqrt( mean_i sum_pixels n_i / (H * W) )
-
-i.e. the normalized amplitudes have unit mean square per pixel on the training split.  ``s`` is
-computed from the training split only (:func:`amplitude_scale`), stored in the model bundle, and
-reused unchanged at inference.  The physics never sees ``s``: predicted counts are
-``|F(P * O)|^2`` with the probe ``P`` in photon units (the simulator writes probes that way;
-experimental probes are calibrated by :func:`calibrate_probe`), so the object ``O`` comes out as an
-absolute transmission.
+The absolute scale (see ``docs/conventions.md``)
+------------------------------------------------
+Diffraction data are photon counts ``n``.  Predicted counts are ``|F(P * O)|^2`` with the probe
+``P`` in photon units, so the object ``O`` is an absolute transmission: the scale of the object
+is fixed by the probe's photon calibration and nothing else.  The simulator writes probes in
+photon units; probes read from files are calibrated by :func:`calibrate_probe`.  Networks take
+the counts themselves (their fixed physics layer back-propagates ``sqrt(n)`` with that probe), so
+there is no separate dataset normalization scalar to keep in step.
 """
 
 from __future__ import annotations
@@ -26,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ScanData", "amplitude_scale", "normalized_amplitudes", "calibrate_probe"]
+from ptypinn.physics import canvas_shape_px, window_starts
+
+__all__ = ["ScanData", "FRAME_MARGIN_PX", "frame_shift_px", "calibrate_probe"]
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +131,7 @@ class ScanData:
             _fail("meta", "JSON-serialisable scalars", str(e))
         set_("meta", meta)
 
-        starts = pos - h / 2.0
+        starts = window_starts(pos, h)
         frac = np.any(starts != np.floor(starts), axis=1)
         ends = np.floor(starts) + h + frac[:, None]
         hy, wx = self.object_shape_px
@@ -166,8 +163,6 @@ class ScanData:
         for obj in (self.object_true, self.object_guess):
             if obj is not None:
                 return int(obj.shape[0]), int(obj.shape[1])
-        from ptypinn.stitch import canvas_shape_px
-
         return canvas_shape_px(self.positions_px, self.pattern_size)
 
     @property
@@ -186,25 +181,28 @@ class ScanData:
         return dataclasses.replace(self, **changes)
 
 
-def amplitude_scale(counts: np.ndarray) -> float:
-    """The dataset scalar ``s = sqrt(mean_i sum n_i / (H*W))`` (training split only).
+FRAME_MARGIN_PX = 1
+"""Pixels kept free before the first window when a reader builds the object frame itself."""
+
+
+def frame_shift_px(positions_px: np.ndarray, size: int) -> np.ndarray:
+    """The one rule for shifting read positions into an object frame of their own.
+
+    Returns the integer ``(y, x)`` shift that, added to ``positions_px`` (window centres), makes
+    the first window on each axis start at pixel :data:`FRAME_MARGIN_PX` (readers whose file has
+    no object array; crops; re-framed variants).
 
     Parameters
     ----------
-    counts : ``(n, H, W)`` photon counts of the **training** split.
+    positions_px : float ``(n, 2)``
+    size : int; window size N.
+
+    Returns
+    -------
+    float64 ``(2,)`` of whole pixels.
     """
-    counts = np.asarray(counts)
-    mean_total = float(counts.sum(axis=(-2, -1), dtype=np.float64).mean())
-    if not mean_total > 0:
-        raise ValueError("counts: expected some photons to compute the amplitude scale, got 0")
-    return math.sqrt(mean_total / (counts.shape[-1] * counts.shape[-2]))
-
-
-def normalized_amplitudes(counts: Any, scale: float) -> Any:
-    """Network input ``sqrt(n) / s`` for numpy arrays or torch tensors ``(..., H, W)``."""
-    if scale <= 0 or not math.isfinite(scale):
-        raise ValueError(f"scale: expected a finite value > 0, got {scale}")
-    return (counts ** 0.5) / scale
+    starts = window_starts(np.asarray(positions_px, dtype=np.float64).reshape(-1, 2), size)
+    return np.ceil(FRAME_MARGIN_PX - starts.min(axis=0))
 
 
 def calibrate_probe(scan: ScanData, mean_transmission: float = 1.0) -> ScanData:

@@ -24,7 +24,9 @@ Conventions (normative for the whole package; tested in ``tests/test_physics.py`
 
 from __future__ import annotations
 
+from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -34,6 +36,10 @@ __all__ = [
     "predicted_intensity",
     "poisson_nll",
     "window_starts",
+    "canvas_shape_px",
+    "inverse_far_field",
+    "excess_nll_per_pixel",
+    "data_nll",
     "extract_patches",
     "place_patches",
 ]
@@ -62,6 +68,11 @@ def far_field(psi: torch.Tensor) -> torch.Tensor:
         ``fftshift(fft2(psi, norm="ortho"))`` over the last two axes.
     """
     return torch.fft.fftshift(torch.fft.fft2(psi, norm="ortho"), dim=(-2, -1))
+
+
+def inverse_far_field(field: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`far_field`: ``ifft2(ifftshift(field), norm="ortho")``, ``(..., H, W)``."""
+    return torch.fft.ifft2(torch.fft.ifftshift(field, dim=(-2, -1)), norm="ortho")
 
 
 def exit_waves(probe: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
@@ -135,9 +146,105 @@ def poisson_nll(
     return term.to(torch.float64).sum(dim=(-2, -1))
 
 
-def window_starts(positions_px: torch.Tensor, size: int) -> torch.Tensor:
-    """First object pixel (fractional) of the window of ``size`` centred at ``positions_px``."""
+def excess_nll_per_pixel(
+    intensity: torch.Tensor,
+    counts: torch.Tensor,
+    eps: float = 1e-6,
+    bad_pixels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Poisson NLL minus the saturated model's (``I = n``), per valid pixel, one per pattern.
+
+    ``(poisson_nll(I, n) - poisson_nll(n, n)) / n_valid_pixels``: 0 for a perfect fit without
+    noise, about 0.5 for the true intensities at high counts (half a unit of chi-square per
+    pixel).  The offset is a constant of the data, so it changes no gradient.
+
+    Parameters
+    ----------
+    intensity, counts : real ``(..., H, W)``
+    eps : float
+    bad_pixels : bool ``(H, W)``, optional (True = excluded)
+
+    Returns
+    -------
+    float64 ``(...,)``
+    """
+    npix = counts.shape[-1] * counts.shape[-2]
+    if bad_pixels is not None:
+        npix -= int(bad_pixels.sum())
+    nll = poisson_nll(intensity, counts, eps, bad_pixels)
+    saturated = poisson_nll(counts, counts, eps, bad_pixels)
+    return (nll - saturated) / max(npix, 1)
+
+
+def data_nll(obj: np.ndarray, scan: Any, batch_size: int = 512,
+             device: str | torch.device = "cpu", eps: float = 1e-6) -> np.ndarray:
+    """Truth-free fit of an object to measured data: :func:`excess_nll_per_pixel` per pattern.
+
+    Parameters
+    ----------
+    obj : complex ``(Hy, Wx)`` in the scan's object frame.
+    scan : ``ScanData`` (or anything with ``counts (n, H, W)``, ``positions_px (n, 2)``,
+        ``probe`` and ``bad_pixels``); the predicted counts use ``scan.probe`` as given.
+    batch_size : int
+        Patterns per chunk (memory is O(batch)).
+
+    Returns
+    -------
+    float64 ``(n,)``; about 0.5 per pixel is the expectation for the true object at high counts.
+    """
+    device = torch.device(device)
+    o = torch.from_numpy(np.ascontiguousarray(obj, dtype=np.complex64)).to(device)[None]
+    probe = torch.from_numpy(np.asarray(scan.probe)).to(device)
+    bad = (torch.from_numpy(np.asarray(scan.bad_pixels)).to(device)
+           if scan.bad_pixels is not None else None)
+    n = scan.counts.shape[-1]
+    out = []
+    with torch.no_grad():
+        for s in range(0, scan.counts.shape[0], batch_size):
+            pos = torch.from_numpy(np.asarray(scan.positions_px[s:s + batch_size])).to(device)
+            counts = torch.from_numpy(np.asarray(scan.counts[s:s + batch_size])).to(device)
+            pred = predicted_intensity(probe, extract_patches(o, pos[None], n)[0])
+            out.append(excess_nll_per_pixel(pred, counts, eps, bad).cpu().numpy())
+    return np.concatenate(out)
+
+
+def window_starts(positions_px: Any, size: int) -> Any:
+    """First object pixel (fractional) of the window of ``size`` centred at ``positions_px``.
+
+    The one place the window-start rule ``start = centre - N/2`` is written; works on numpy
+    arrays and torch tensors ``(..., 2)`` alike.
+    """
     return positions_px - size / 2.0
+
+
+def canvas_shape_px(positions_px: np.ndarray, size: int) -> tuple[int, int]:
+    """Smallest canvas holding every window, in the frame of the positions.
+
+    Parameters
+    ----------
+    positions_px : float ``(n, 2)``
+        Window centres ``(y, x)`` in pixels; every window must start at pixel ``>= 0``.
+    size : int
+        Window size N.
+
+    Returns
+    -------
+    (Hy, Wx)
+        ``ceil(max(start) + N + 1)`` per axis (the extra pixel is the bilinear margin of a
+        fractional start).
+    """
+    pos = np.asarray(positions_px, dtype=np.float64).reshape(-1, 2)
+    if pos.shape[0] == 0 or not np.all(np.isfinite(pos)):
+        raise ValueError(f"positions_px: expected at least one finite (y, x) row, got {pos.shape}")
+    if size < 1:
+        raise ValueError(f"size: expected >= 1, got {size}")
+    start = window_starts(pos, size)
+    if start.min() < 0:
+        raise ValueError(
+            f"positions_px: expected window starts >= 0 (centre >= {size / 2} px), "
+            f"got min start {start.min():.3f} px")
+    hy, wx = np.ceil(start.max(axis=0) + size + 1).astype(int)
+    return int(hy), int(wx)
 
 
 def _gather_setup(positions_px: torch.Tensor, size: int, shape: tuple[int, int]):

@@ -44,43 +44,38 @@ import torch
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from ptypinn.grouping import probe_radius_px_from_probe
 from ptypinn.physics import extract_patches, place_patches, window_starts
 
-__all__ = ["canvas_shape_px", "crop_mask", "Stitcher", "stitch_patches", "overlap_pairs",
+__all__ = ["crop_mask", "crop_start_px", "default_crop_px", "Stitcher", "stitch_patches",
+           "footprint_mask", "overlap_pairs",
            "pair_overlap_products", "solve_phase_offsets", "synchronize_phases"]
 
 log = logging.getLogger(__name__)
 
 
-def canvas_shape_px(positions_px: np.ndarray, patch_size: int) -> tuple[int, int]:
-    """Smallest canvas holding every window, in the frame of the positions.
+def default_crop_px(probe: np.ndarray) -> int:
+    """Central crop for stitching: the square inscribed in the probe footprint (even, <= N).
+
+    The network's output outside the illuminated disc is unconstrained by the data (it tends to
+    0), so stitching a larger square drags the amplitude down at its corners (measured: 13-15 %
+    low with a ``2r + 4`` square; right to 0.5 % with the inscribed square, r = 16 px).
 
     Parameters
     ----------
-    positions_px : float ``(n, 2)``
-        Window centres ``(y, x)`` in pixels; every window must start at pixel ``>= 0``.
-    patch_size : int
-        Window size N.
-
-    Returns
-    -------
-    (Hy, Wx)
-        ``ceil(max(start) + N + 1)`` per axis (the extra pixel is the bilinear margin of a
-        fractional start).
+    probe : complex ``(N, N)`` or ``(modes, N, N)``; its footprint radius is
+        :func:`ptypinn.grouping.probe_radius_px_from_probe`.
     """
-    pos = np.asarray(positions_px, dtype=np.float64).reshape(-1, 2)
-    if pos.shape[0] == 0 or not np.all(np.isfinite(pos)):
-        raise ValueError(f"positions_px: expected at least one finite (y, x) row, got {pos.shape}")
-    if patch_size < 1:
-        raise ValueError(f"patch_size: expected >= 1, got {patch_size}")
-    start = pos - patch_size / 2.0
-    if start.min() < 0:
-        raise ValueError(
-            f"positions_px: expected window starts >= 0 (centre >= {patch_size / 2} px), "
-            f"got min start {start.min():.3f} px"
-        )
-    end = start.max(axis=0) + patch_size + 1
-    return int(math.ceil(end[0])), int(math.ceil(end[1]))
+    n = probe.shape[-1]
+    radius = probe_radius_px_from_probe(probe)
+    crop = 2 * int(round(radius / math.sqrt(2))) + 2
+    return int(min(n, max(crop, 2)))
+
+
+def crop_start_px(patch_size: int, crop_px: int) -> int:
+    """First pixel of the central ``crop_px`` window of an ``N``-patch: ``N//2 - crop_px//2``
+    (same centre as the patch, pixel ``N//2``)."""
+    return patch_size // 2 - crop_px // 2
 
 
 def crop_mask(patch_size: int, crop_px: int | None) -> np.ndarray:
@@ -95,7 +90,7 @@ def crop_mask(patch_size: int, crop_px: int | None) -> np.ndarray:
         return mask
     if not 1 <= crop_px <= patch_size:
         raise ValueError(f"crop_px: expected in [1, {patch_size}] (the patch size), got {crop_px}")
-    s = patch_size // 2 - crop_px // 2
+    s = crop_start_px(patch_size, crop_px)
     mask[s:s + crop_px, s:s + crop_px] = 1.0
     return mask
 
@@ -106,7 +101,8 @@ class Stitcher:
     Parameters
     ----------
     shape : (Hy, Wx)
-        Canvas shape in pixels (e.g. :func:`canvas_shape_px` or the scan's object frame).
+        Canvas shape in pixels (e.g. :func:`ptypinn.physics.canvas_shape_px` or the scan's
+        object frame).
     patch_size : int
         Patch size N.
     crop_px : int, optional
@@ -221,6 +217,31 @@ def stitch_patches(
     for patches, positions_px in batches:
         stitcher.add(patches, positions_px)
     return stitcher.result(min_weight=min_weight)
+
+
+def footprint_mask(positions_px: np.ndarray, patch_size: int, shape: tuple[int, int],
+                   crop_px: int, batch: int = 1024) -> np.ndarray:
+    """Pixels a network arm with this crop covers: the stitcher run on all-ones patches.
+
+    Parameters
+    ----------
+    positions_px : float ``(n, 2)``; window centres ``(y, x)`` in the frame of ``shape``.
+    patch_size : int; N.
+    shape : (Hy, Wx); the object frame.
+    crop_px : int; central crop of every patch (e.g. :func:`default_crop_px`).
+    batch : int; patches per streamed batch (memory O(canvas + batch)).
+
+    Returns
+    -------
+    bool ``(Hy, Wx)``
+    """
+    stitcher = Stitcher(shape, patch_size, crop_px=crop_px)
+    positions = torch.from_numpy(np.asarray(positions_px, dtype=np.float64))
+    for s in range(0, positions.shape[0], batch):
+        pos = positions[s:s + batch]
+        stitcher.add(torch.ones((pos.shape[0], patch_size, patch_size), dtype=torch.complex64),
+                     pos)
+    return stitcher.result()[1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -394,7 +415,7 @@ def synchronize_phases(
     by_owner = np.argsort(rank[owner], kind="stable")
     owner, partner = owner[by_owner], partner[by_owner]
     bounds = np.searchsorted(rank[owner], np.arange(0, n + chunk, chunk))
-    s = patch_size // 2 - crop_px // 2
+    s = crop_start_px(patch_size, crop_px)
     device = torch.device(device)
     products = np.zeros(owner.shape[0], dtype=np.complex128)
     for a, b in zip(bounds[:-1], bounds[1:]):

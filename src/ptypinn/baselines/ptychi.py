@@ -47,16 +47,16 @@ import time
 import types
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ptypinn.config import IterativeConfig
 from ptypinn.data import ScanData
 
 __all__ = [
-    "IterativeConfig",
     "IterativeResult",
     "ptychi_available",
     "reconstruct_ptychi",
@@ -65,9 +65,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_ALGORITHMS = ("lsqml", "epie", "rpie", "dm")
-_NOISE_MODELS = ("poisson", "gaussian")
-_DEVICES = ("auto", "cpu", "cuda")
 _DM_CHUNK_LENGTH = 64  # scan points per difference-map exit-wave chunk (1 is very slow on CPU)
 _RPIE_STEP_PER_BATCH = 2.0  # default rPIE step = min(1, this / batch_size)
 _PAD_PX = 2  # margin pty-chi wants around the outermost windows (it zero-pads otherwise)
@@ -76,61 +73,6 @@ _INSTALL_HINT = "see docs/iterative.md (pip install ptypinn[iterative])"
 
 def _bad(name: str, expected: str, actual: Any) -> None:
     raise ValueError(f"{name}: expected {expected}, got {actual!r}")
-
-
-@dataclass(frozen=True)
-class IterativeConfig:
-    """Settings of one pty-chi reconstruction.
-
-    Attributes
-    ----------
-    algorithm : {"lsqml", "epie", "rpie", "dm"}
-        pty-chi engine.
-    iterations : int
-        Epochs (passes over all patterns), ``>= 1``.
-    batch_size : int
-        Patterns per minibatch update, ``>= 1`` (DM updates all patterns per epoch).
-    optimize_probe : bool
-        Refine the probe too (default: keep the scan's probe fixed, as the PINN does).
-    device : {"auto", "cpu", "cuda"}
-        ``auto`` picks CUDA when available.
-    seed : int
-        Seed of pty-chi's minibatch shuffling (global RNGs are restored afterwards).
-    noise_model : {"poisson", "gaussian"}
-        Likelihood used by LSQML (ignored by the other engines).
-    step_size : float or None
-        Update step of object (and probe): ``gamma`` for ePIE/rPIE/DM, the optimal-step scaler for
-        LSQML.  ``None`` keeps pty-chi's defaults, except rPIE: ``min(1, 2 / batch_size)``.
-    """
-
-    algorithm: Literal["lsqml", "epie", "rpie", "dm"] = "epie"
-    iterations: int = 100
-    batch_size: int = 32
-    optimize_probe: bool = False
-    device: str = "auto"
-    seed: int = 0
-    noise_model: Literal["poisson", "gaussian"] = "poisson"
-    step_size: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.algorithm not in _ALGORITHMS:
-            _bad("algorithm", f"one of {_ALGORITHMS}", self.algorithm)
-        for name in ("iterations", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                _bad(name, "an integer >= 1", value)
-        if not isinstance(self.optimize_probe, bool):
-            _bad("optimize_probe", "a bool", self.optimize_probe)
-        if self.device not in _DEVICES:
-            _bad("device", f"one of {_DEVICES}", self.device)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            _bad("seed", "an integer >= 0", self.seed)
-        if self.noise_model not in _NOISE_MODELS:
-            _bad("noise_model", f"one of {_NOISE_MODELS}", self.noise_model)
-        if self.step_size is not None:
-            ok = isinstance(self.step_size, (int, float)) and not isinstance(self.step_size, bool)
-            if not ok or not math.isfinite(self.step_size) or self.step_size <= 0:
-                _bad("step_size", "None or a finite number > 0", self.step_size)
 
 
 @dataclass(frozen=True)

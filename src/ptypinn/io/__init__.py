@@ -13,6 +13,7 @@ ptypinn.
 from ptypinn.io.files import (
     atomic_path,
     json_default,
+    load_config,
     load_npz,
     read_bytes,
     read_image,
@@ -46,7 +47,7 @@ from ptypinn.io.scans import (
 )
 
 __all__ = [
-    "atomic_path", "json_default", "load_npz", "read_bytes", "read_image", "read_json",
+    "atomic_path", "json_default", "load_config", "load_npz", "read_bytes", "read_image", "read_json",
     "read_safetensors", "read_yaml", "save_npz", "write_bytes", "write_json", "write_safetensors",
     "write_text", "write_yaml",
     "Product", "describe_hdf5", "detect_hdf5_kind", "read_cxi", "read_product",

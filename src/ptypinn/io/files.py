@@ -13,14 +13,17 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import yaml
 
+from ptypinn.config import Config, ConfigError, build_config
+
 __all__ = [
     "atomic_path",
     "read_yaml",
+    "load_config",
     "write_yaml",
     "write_json",
     "read_json",
@@ -63,6 +66,24 @@ def read_yaml(path: str | os.PathLike) -> Any:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def load_config(source: str | os.PathLike | Mapping[str, Any] | None = None,
+                overrides: Sequence[str] = ()) -> Config:
+    """A validated :class:`~ptypinn.config.Config` from a YAML file or a mapping, plus overrides.
+
+    Parameters
+    ----------
+    source : path of a YAML file with sections (``simulation``, ``grouping``, ``model``,
+        ``train``, ``infer``, ``iterative``), a mapping of such sections, or None for defaults.
+    overrides : ``section.field=value`` strings, applied last.
+    """
+    if source is None or isinstance(source, Mapping):
+        return build_config(source, overrides)
+    data = read_yaml(source)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    return build_config(data, overrides)
 
 
 def write_yaml(path: str | os.PathLike, data: Any) -> None:

@@ -2,13 +2,16 @@
 
 Layout of ``BUNDLE/``::
 
-    weights.safetensors   model tensors (generator, probe as probe.real/probe.imag, scale, ...)
-    manifest.json         format_version, package_version, kind, group_size, pattern_size,
-                          amplitude_scale, probe shape, training summary
-    config.yaml           the full resolved config of the run
+    weights.safetensors   model tensors (generator, probe as probe.real/probe.imag, ...)
+    manifest.json         format_version, package_version, kind, pattern_size, probe modes,
+                          training summary (incl. the training scan's photons per pattern)
+    config.yaml           the full resolved config of the run (the one source of the group
+                          size: ``grouping.gridsize``)
 
 Loading checks the format version first and rebuilds the model from the stored config only -
-nothing is read from global or module state.
+nothing is read from global or module state.  Format 1 (before the model took counts directly)
+still loads: its derived buffers (the dataset scale, the back-propagation kernel, the merge
+window) are dropped and rebuilt from the probe, which gives the same outputs.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ from ptypinn.pinn.models import build_model
 
 __all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "save_bundle", "load_bundle"]
 
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+_V1_DERIVED = ("amplitude_scale", "window", "generator.backprop.kernel",
+               "generator.backprop.inverse_probe")
 
 
 @dataclass(frozen=True)
@@ -38,16 +44,22 @@ class Bundle:
     config: Config
     manifest: dict[str, Any]
 
-    @property
-    def amplitude_scale(self) -> float:
-        return float(self.manifest["amplitude_scale"])
+    @classmethod
+    def create(cls, model: nn.Module, config: Config,
+               extra: dict[str, Any] | None = None) -> "Bundle":
+        """A bundle of ``model`` (put in eval mode) built with ``config``; ``extra`` goes into
+        the manifest (e.g. ``{"training": {...}}``)."""
+        return cls(model=model.eval(), config=config,
+                   manifest=_manifest(model, config, extra))
 
     @property
     def group_size(self) -> int:
-        return int(self.manifest["group_size"])
+        """C, from the bundle's config (``grouping.gridsize ** 2``)."""
+        return self.config.grouping.group_size
 
     @property
     def pattern_size(self) -> int:
+        """N, the probe's (and every pattern's) size, as recorded in the manifest."""
         return int(self.manifest["pattern_size"])
 
 
@@ -74,26 +86,28 @@ def _untensors(flat: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_bundle(path: str | os.PathLike, model: nn.Module, config: Config, group_size: int,
-                extra: dict[str, Any] | None = None) -> Path:
-    """Write a bundle directory (each file atomically) and return its path."""
-    path = Path(path)
+def _manifest(model: nn.Module, config: Config,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of a bundle of ``model`` trained with ``config`` (``extra`` merged in)."""
     probe = model.probe
-    manifest = {
+    return {
         "format": "ptypinn-bundle",
         "format_version": BUNDLE_FORMAT_VERSION,
         "package_version": __version__,
         "kind": config.model.kind,
-        "group_size": int(group_size),
         "pattern_size": int(probe.shape[-1]),
         "probe_modes": int(probe.shape[0]),
-        "amplitude_scale": float(model.amplitude_scale),
         "intensity_scale": float(getattr(model, "log_intensity_scale", torch.zeros(())).exp()),
         **(extra or {}),
     }
-    io.write_safetensors(path / "weights.safetensors", _tensors(model))
-    io.write_yaml(path / "config.yaml", to_dict(config))
-    io.write_json(path / "manifest.json", manifest)
+
+
+def save_bundle(path: str | os.PathLike, bundle: Bundle) -> Path:
+    """Write a bundle directory (each file atomically) and return its path."""
+    path = Path(path)
+    io.write_safetensors(path / "weights.safetensors", _tensors(bundle.model))
+    io.write_yaml(path / "config.yaml", to_dict(bundle.config))
+    io.write_json(path / "manifest.json", bundle.manifest)
     return path
 
 
@@ -112,15 +126,19 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         raise ValueError(f"{path}: not a model bundle (no manifest.json)")
     manifest = io.read_json(path / "manifest.json")
     version = manifest.get("format_version")
-    if version != BUNDLE_FORMAT_VERSION:
+    if version not in _READABLE_VERSIONS:
         raise ValueError(
-            f"{path}: bundle format_version expected {BUNDLE_FORMAT_VERSION}, got {version!r} "
-            "(re-train or convert the bundle with a matching ptypinn version)"
+            f"{path}: bundle format_version expected one of {list(_READABLE_VERSIONS)}, got "
+            f"{version!r} (re-train or convert the bundle with a matching ptypinn version)"
         )
-    config = from_dict(Config, io.read_yaml(path / "config.yaml"))
+    data = io.read_yaml(path / "config.yaml")
+    if version == 1:
+        data.get("model", {}).pop("object_big", None)  # a field format 1 had and never read
+    config = from_dict(Config, data)
     state = _untensors(io.read_safetensors(path / "weights.safetensors"))
-    model = build_model(config.model, state["probe"], float(state["amplitude_scale"]),
-                        int(manifest["group_size"]))
+    if version == 1:
+        state = {k: v for k, v in state.items() if k not in _V1_DERIVED}
+    model = build_model(config.model, state["probe"], config.grouping.group_size)
     model.load_state_dict(state)
     model.eval().to(device)
     return Bundle(model=model, config=config, manifest=manifest)

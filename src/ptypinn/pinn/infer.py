@@ -1,8 +1,7 @@
 """Streaming inference: bundle + scan -> stitched object, with bounded memory.
 
 Patterns are grouped exactly as in training (one group per pattern, the pattern as its seed),
-normalized with the bundle's amplitude scale (never the test scan's own), run through the model in
-batches under ``torch.no_grad`` (optionally bf16 autocast), and each group's *seed* patch is added
+run through the model as counts in batches under ``torch.no_grad`` (optionally bf16 autocast), and each group's *seed* patch is added
 to a :class:`~ptypinn.stitch.Stitcher` at that pattern's position, so every pattern contributes
 once.  Only one batch of patterns and the two stitching canvases live on the device.
 
@@ -19,6 +18,7 @@ The reconstruction lives in the scan's own object frame: pixel ``(0, 0)`` is the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -29,16 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptypinn import physics
-from ptypinn.pinn.bundle import Bundle
-from ptypinn.config import GroupingConfig, InferConfig
-from ptypinn.data import ScanData, normalized_amplitudes
-from ptypinn.grouping import group_patterns, probe_radius_px_from_probe
+from ptypinn.config import InferConfig
+from ptypinn.data import ScanData
+from ptypinn.grouping import group_patterns
 from ptypinn.metrics import assert_not_degenerate
-from ptypinn.stitch import Stitcher, synchronize_phases
+from ptypinn.physics import data_nll
+from ptypinn.pinn.bundle import Bundle
+from ptypinn.stitch import Stitcher, default_crop_px, synchronize_phases
 
-__all__ = ["Reconstruction", "resolve_device", "default_crop_px", "phase_sync_reg", "reconstruct",
-           "data_nll", "write_outputs"]
+__all__ = ["Reconstruction", "resolve_device", "phase_sync_reg", "reconstruct", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +78,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_crop_px(probe: np.ndarray) -> int:
-    """Central crop for stitching: the square inscribed in the probe footprint (even, <= N).
-
-    The network's output outside the illuminated disc is unconstrained by the data (it tends to
-    0), so stitching a larger square drags the amplitude down at its corners (measured: 13-15 %
-    low with a ``2r + 4`` square; right to 0.5 % with the inscribed square, r = 16 px).
-    """
-    n = probe.shape[-1]
-    radius = probe_radius_px_from_probe(probe)
-    crop = 2 * int(round(radius / math.sqrt(2))) + 2
-    return int(min(n, max(crop, 2)))
-
-
 def phase_sync_reg(cfg: InferConfig, group_size: int) -> float:
     """``infer.phase_sync_reg``, or its default: 0 for gridsize > 1, 0.01 for gridsize 1.
 
@@ -122,32 +108,29 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig) -> Reconstruct
     ------
     ValueError
         On a pattern-size mismatch, or when the prediction is all-zero/constant (a diagnostic
-        names the amplitude statistics and both normalization scales).
+        names the amplitude statistics and the training and test photons per pattern).
     """
     _check_scan(bundle, scan)
     device = resolve_device(cfg.device)
     model = bundle.model.to(device).eval()
     n = scan.pattern_size
     crop = cfg.crop_px or default_crop_px(scan.probe)
-    grouping = bundle.config.grouping
-    groups = group_patterns(scan.positions_px, GroupingConfig(
-        gridsize=grouping.gridsize, k_neighbors=grouping.k_neighbors, n_groups=None,
-        allow_oversampling=False, seed=grouping.seed))
+    groups = group_patterns(scan.positions_px, dataclasses.replace(
+        bundle.config.grouping, n_groups=None, allow_oversampling=False))
     if not np.array_equal(np.asarray(groups.indices)[:, 0], np.arange(scan.n_patterns)):
         raise RuntimeError("grouping: expected one group per pattern, seeded by that pattern")
     counts = torch.from_numpy(scan.counts)
     indices = torch.from_numpy(np.asarray(groups.indices, dtype=np.int64))
     offsets = torch.from_numpy(np.asarray(groups.offsets_px, dtype=np.float32))
-    scale = bundle.amplitude_scale
 
     def seed_patches(rows: np.ndarray) -> torch.Tensor:
         """Seed patches ``(len(rows), N, N)`` complex64 of the groups seeded by ``rows``."""
         out = []
         for start in range(0, len(rows), cfg.batch_size):
             sel = torch.as_tensor(rows[start:start + cfg.batch_size], dtype=torch.int64)
-            amps = normalized_amplitudes(counts[indices[sel]].to(device, non_blocking=True), scale)
+            batch = counts[indices[sel]].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision):
-                patches = model(amps, offsets[sel].to(device))
+                patches = model(batch, offsets[sel].to(device))
             out.append(patches[:, 0].to(torch.complex64))
         return torch.cat(out) if out else torch.zeros((0, n, n), dtype=torch.complex64,
                                                       device=device)
@@ -175,11 +158,13 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig) -> Reconstruct
     try:
         assert_not_degenerate(obj[covered] if covered.any() else obj)
     except ValueError as e:
-        own = math.sqrt(scan.photons_per_pattern / (n * n))
+        trained = bundle.manifest.get("training", {}).get("photons_per_pattern")
         raise ValueError(
             f"{e} (amplitude mean {amp.mean() if amp.size else 0:.3g}, std "
-            f"{amp.std() if amp.size else 0:.3g}; bundle amplitude_scale {scale:.4g} vs this "
-            f"scan's {own:.4g}: an untrained model or a dose far from the training data?)"
+            f"{amp.std() if amp.size else 0:.3g}; photons per pattern: training scan "
+            f"{trained if trained is None else f'{trained:.4g}'}, this scan "
+            f"{scan.photons_per_pattern:.4g}: an untrained model or a dose far from the "
+            "training data?)"
         ) from None
     # pixels no (cropped) patch reached are unknown, not opaque: score them as free space (1)
     nll = data_nll(np.where(covered, obj, 1), scan, batch_size=cfg.batch_size, device=device)
@@ -187,37 +172,6 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig) -> Reconstruct
              scan.n_patterns, wall, scan.n_patterns / wall, device)
     return Reconstruction(object=obj, covered=covered, nll_per_pattern=nll, wall_time_s=wall,
                           crop_px=crop, phase_offsets_rad=theta)
-
-
-def data_nll(obj: np.ndarray, scan: ScanData, batch_size: int = 512,
-             device: str | torch.device = "cpu", eps: float = 1e-6) -> np.ndarray:
-    """Poisson NLL per pixel (minus the saturated model's) of each measured pattern under an object.
-
-    Parameters
-    ----------
-    obj : complex ``(Hy, Wx)`` in the scan's object frame.
-    scan : ScanData (counts, positions, probe, bad pixels).
-
-    Returns
-    -------
-    float64 ``(n,)``; 0.5 per pixel is the expectation for a perfect model at high counts.
-    """
-    device = torch.device(device)
-    o = torch.from_numpy(np.ascontiguousarray(obj, dtype=np.complex64)).to(device)[None]
-    probe = torch.from_numpy(scan.probe).to(device)
-    bad = torch.from_numpy(scan.bad_pixels).to(device) if scan.bad_pixels is not None else None
-    n = scan.pattern_size
-    npix = n * n - (int(bad.sum()) if bad is not None else 0)
-    out = []
-    with torch.no_grad():
-        for s in range(0, scan.n_patterns, batch_size):
-            pos = torch.from_numpy(scan.positions_px[s:s + batch_size]).to(device)[None]
-            counts = torch.from_numpy(scan.counts[s:s + batch_size]).to(device)
-            pred = physics.predicted_intensity(probe, physics.extract_patches(o, pos, n)[0])
-            nll = physics.poisson_nll(pred, counts, eps, bad)
-            sat = physics.poisson_nll(counts, counts, eps, bad)
-            out.append(((nll - sat) / npix).cpu().numpy())
-    return np.concatenate(out)
 
 
 def write_outputs(out_dir: str | Path, recon: Reconstruction, scan: ScanData,

@@ -2,7 +2,7 @@
 
 PINN forward pass (one group of C patterns, SPEC §5)::
 
-    normalized amplitudes (B,C,H,W) --generator--> patches O_c (B,C,H,W) complex
+    measured counts (B,C,H,W) --generator--> patches O_c (B,C,H,W) complex
              (the generator back-propagates each pattern with the probe's far-field phase
               and refines that real-space estimate with a U-Net; see ``networks``)
       C > 1: merge the C patches into one region at their group-relative offsets
@@ -12,8 +12,9 @@ PINN forward pass (one group of C patterns, SPEC §5)::
       --> Poisson NLL against the measured counts
 
 ``t`` is the log of an optional trainable intensity correction (0 and frozen by default: the probe
-is in photon units, see ``data``).  The reported loss is the Poisson NLL per pixel minus that of
-the saturated model (``I = n``), so a perfect fit scores about 0.5 per pixel; the offset is a
+is in photon units, see ``data``).  The reported loss is
+:func:`ptypinn.physics.excess_nll_per_pixel`: the Poisson NLL per pixel minus that of the
+saturated model (``I = n``), so a perfect fit scores about 0.5 per pixel; the offset is a
 constant and does not change gradients.
 """
 
@@ -73,16 +74,13 @@ def total_variation(patches: torch.Tensor) -> torch.Tensor:
 
 
 class _PatchModel(nn.Module):
-    """What every model carries: the generator, its config, the probe and the dataset scale."""
+    """What every model carries: the generator, its config and the probe (photon units)."""
 
-    def __init__(self, generator: nn.Module, probe: torch.Tensor, amplitude_scale: float,
-                 cfg: ModelConfig):
+    def __init__(self, generator: nn.Module, probe: torch.Tensor, cfg: ModelConfig):
         super().__init__()
         self.generator = generator
         self.cfg = cfg
         self.register_buffer("probe", physics.probe_modes(probe).to(torch.complex64).clone())
-        self.register_buffer("amplitude_scale",
-                             torch.tensor(float(amplitude_scale), dtype=torch.float64))
 
 
 class PINN(_PatchModel):
@@ -90,24 +88,22 @@ class PINN(_PatchModel):
 
     Parameters
     ----------
-    generator : module mapping ``(B, C, H, W)`` amplitudes to ``(B, C, H, W)`` complex patches.
+    generator : module mapping ``(B, C, H, W)`` counts to ``(B, C, H, W)`` complex patches.
     probe : complex ``(H, W)`` or ``(M, H, W)`` in photon units.
-    amplitude_scale : float
-        The dataset scalar ``s`` of ``data.amplitude_scale`` (persisted with the model).
     cfg : ModelConfig
     """
 
-    def __init__(self, generator: nn.Module, probe: torch.Tensor, amplitude_scale: float,
-                 cfg: ModelConfig):
-        super().__init__(generator, probe, amplitude_scale, cfg)
-        self.register_buffer("window", merge_window(self.probe))
+    def __init__(self, generator: nn.Module, probe: torch.Tensor, cfg: ModelConfig):
+        super().__init__(generator, probe, cfg)
+        self.register_buffer("window", merge_window(self.probe), persistent=False)
         self.log_intensity_scale = nn.Parameter(
             torch.zeros(()), requires_grad=cfg.trainable_intensity_scale
         )
 
-    def forward(self, amplitudes: torch.Tensor, offsets_px: torch.Tensor) -> torch.Tensor:
-        """Object patches ``(B, C, H, W)`` complex, after the overlap constraint when C > 1."""
-        patches = self.generator(amplitudes)
+    def forward(self, counts: torch.Tensor, offsets_px: torch.Tensor) -> torch.Tensor:
+        """Object patches ``(B, C, H, W)`` complex from counts ``(B, C, H, W)``, after the overlap
+        constraint when C > 1."""
+        patches = self.generator(counts)
         if patches.shape[1] > 1:
             patches = overlap_constraint(patches, offsets_px, self.window)
         return patches
@@ -118,14 +114,10 @@ class PINN(_PatchModel):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Poisson NLL per pixel (minus the saturated model's) averaged over patterns, + TV."""
-        patches = self(batch["amplitudes"], batch["offsets_px"])
-        pred = self.predicted_counts(patches)
         counts = batch["counts"]
-        eps = self.cfg.poisson_eps
-        nll = physics.poisson_nll(pred, counts, eps)
-        saturated = physics.poisson_nll(counts, counts, eps)
-        npix = counts.shape[-1] * counts.shape[-2]
-        data_term = ((nll - saturated) / npix).mean().float()
+        patches = self(counts, batch["offsets_px"])
+        pred = self.predicted_counts(patches)
+        data_term = physics.excess_nll_per_pixel(pred, counts, self.cfg.poisson_eps).mean().float()
         logs = {"nll": data_term.detach()}
         loss = data_term
         if self.cfg.tv_weight > 0:
@@ -142,13 +134,13 @@ class SupervisedBaseline(_PatchModel):
     layer, so the comparison isolates the loss (physics versus supervised), not the architecture.
     """
 
-    def forward(self, amplitudes: torch.Tensor, offsets_px: torch.Tensor) -> torch.Tensor:
-        return self.generator(amplitudes)
+    def forward(self, counts: torch.Tensor, offsets_px: torch.Tensor) -> torch.Tensor:
+        return self.generator(counts)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if "truth" not in batch:
             raise ValueError("model.kind='baseline': expected ground-truth patches, got none")
-        pred = self(batch["amplitudes"], batch["offsets_px"])
+        pred = self(batch["counts"], batch["offsets_px"])
         truth = batch["truth"]
         # weight the loss where the probe illuminates: outside it the data say nothing
         w = merge_window(self.probe).to(pred.real.dtype)
@@ -159,11 +151,17 @@ class SupervisedBaseline(_PatchModel):
         return loss, {"l1_amplitude": l_amp.detach(), "l1_phase": l_phase.detach()}
 
 
-def build_model(cfg: ModelConfig, probe: torch.Tensor, amplitude_scale: float,
-                group_size: int) -> nn.Module:
-    """Build the model named by ``cfg.kind`` with a fresh generator."""
+def build_model(cfg: ModelConfig, probe: torch.Tensor, group_size: int) -> nn.Module:
+    """Build the model named by ``cfg.kind`` with a fresh generator.
+
+    Parameters
+    ----------
+    cfg : ModelConfig
+    probe : complex ``(H, W)`` or ``(M, H, W)`` in photon units.
+    group_size : int; C = ``grouping.gridsize ** 2``.
+    """
     probe = torch.as_tensor(probe)
     gen = build_generator(cfg.generator, group_size, cfg.width, cfg.depth, cfg.amplitude_max,
-                          probe, amplitude_scale)
+                          probe)
     cls = PINN if cfg.kind == "pinn" else SupervisedBaseline
-    return cls(gen, probe, amplitude_scale, cfg)
+    return cls(gen, probe, cfg)

@@ -1,15 +1,15 @@
-"""Generators: normalized diffraction amplitudes -> complex object patches.
+"""Generators: measured diffraction counts -> complex object patches.
 
 The default generator (:class:`UNetGenerator`) has three stages:
 
-1. :class:`BackPropagation`, a fixed (not trained) physics layer.  Each normalized amplitude
-   pattern ``x = sqrt(n) / s`` is given the phase of the probe's own far field and propagated
-   back to real space, then divided by the probe (Wiener-regularised)::
+1. :class:`BackPropagation`, a fixed (not trained) physics layer.  Each measured amplitude
+   pattern ``sqrt(n)`` is given the phase of the probe's own far field and propagated back to
+   real space, then divided by the probe (Wiener-regularised)::
 
-       psi0 = F^-1( s * x * exp(i arg F(P)) ),      O0 = psi0 * conj(P) / (|P|^2 + eps max|P|^2)
+       psi0 = F^-1( sqrt(n) * exp(i arg F(P)) ),      O0 = psi0 * conj(P) / (|P|^2 + eps max|P|^2)
 
    For a flat object ``O = a`` this returns ``O0 = a`` exactly inside the probe, so ``O0`` is in
-   absolute transmission units (it uses the dataset scalar ``s`` and the probe in photon units);
+   absolute transmission units (the probe is in photon units; no other scale enters);
    for a structured object it is a twin-image-like first estimate.  Measured on the "lines"
    bench (N=64, disk probe r=16) ``O0`` alone correlates with the true patch at r ~ 0.6 for both
    amplitude and phase, better than a diffraction-domain U-Net reached after 20 CPU epochs
@@ -53,40 +53,35 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-def _inverse_far_field(field: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`ptypinn.physics.far_field` (centred spectrum, orthonormal FFT)."""
-    return torch.fft.ifft2(torch.fft.ifftshift(field, dim=(-2, -1)), norm="ortho")
-
-
 class BackPropagation(nn.Module):
-    """Fixed physics layer: normalized amplitudes ``(B, C, N, N)`` -> first object estimate ``O0``.
+    """Fixed physics layer: counts ``(B, C, N, N)`` -> first object estimate ``O0``.
 
     Parameters
     ----------
     probe : complex ``(N, N)`` or ``(M, N, N)`` in photon units.  With several modes the most
         intense one is used, its far-field amplitude scaled by ``sqrt(power_mode / power_total)``
         so that a flat object still comes back with the right transmission.
-    amplitude_scale : float
-        The dataset scalar ``s`` (``data.amplitude_scale``): ``s * x`` is ``sqrt(counts)``.
     eps : float
         Wiener regulariser relative to ``max |P|^2``; outside the probe ``O0`` tends to 0.
     """
 
-    def __init__(self, probe: torch.Tensor, amplitude_scale: float, eps: float = 0.01):
+    def __init__(self, probe: torch.Tensor, eps: float = 0.01):
         super().__init__()
         modes = physics.probe_modes(torch.as_tensor(probe)).to(torch.complex64)
         power = modes.abs().square().sum(dim=(-2, -1))
         p = modes[int(torch.argmax(power))]
         gain = math.sqrt(float(power.max() / power.sum()))
         phase = torch.angle(physics.far_field(p))
-        self.register_buffer("kernel", torch.polar(
-            torch.full_like(phase, float(amplitude_scale) * gain), phase))
+        # derived from the probe, so not saved with the weights (persistent=False)
+        self.register_buffer("kernel", torch.polar(torch.full_like(phase, gain), phase),
+                             persistent=False)
         i2 = p.abs().square()
-        self.register_buffer("inverse_probe", p.conj() / (i2 + eps * i2.max()))
+        self.register_buffer("inverse_probe", p.conj() / (i2 + eps * i2.max()), persistent=False)
 
-    def forward(self, amplitudes: torch.Tensor) -> torch.Tensor:
-        """``(B, C, N, N)`` float -> ``(B, C, N, N)`` complex object estimate."""
-        return _inverse_far_field(amplitudes.to(torch.float32) * self.kernel) * self.inverse_probe
+    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        """``(B, C, N, N)`` float counts -> ``(B, C, N, N)`` complex object estimate."""
+        amplitudes = counts.to(torch.float32).clamp_min(0).sqrt()
+        return physics.inverse_far_field(amplitudes * self.kernel) * self.inverse_probe
 
 
 class UNetGenerator(nn.Module):
@@ -97,8 +92,6 @@ class UNetGenerator(nn.Module):
     members : int
         C, the number of patterns per group.
     probe : complex ``(N, N)`` or ``(M, N, N)`` in photon units.
-    amplitude_scale : float
-        The dataset scalar ``s`` of ``data.amplitude_scale``.
     width : int
         Channels of the first level; level ``k`` has ``width * 2**k``.
     depth : int
@@ -107,13 +100,12 @@ class UNetGenerator(nn.Module):
         Upper bound of the output amplitude.
     """
 
-    def __init__(self, members: int, probe: torch.Tensor, amplitude_scale: float,
-                 width: int = 32, depth: int = 3, amplitude_max: float = 1.5):
+    def __init__(self, members: int, probe: torch.Tensor, width: int = 32, depth: int = 3, amplitude_max: float = 1.5):
         super().__init__()
         self.members = members
         self.depth = depth
         self.amplitude_max = float(amplitude_max)
-        self.backprop = BackPropagation(probe, amplitude_scale)
+        self.backprop = BackPropagation(probe)
         chans = [width * 2**k for k in range(depth + 1)]
         self.stem = _block(2 * members, chans[0])
         self.down = nn.ModuleList(
@@ -128,20 +120,19 @@ class UNetGenerator(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, amplitudes: torch.Tensor) -> torch.Tensor:
-        """``(B, C, N, N)`` float normalized amplitudes -> ``(B, C, N, N)`` complex patches."""
-        if amplitudes.ndim != 4 or amplitudes.shape[1] != self.members:
+    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        """``(B, C, N, N)`` float counts -> ``(B, C, N, N)`` complex patches."""
+        if counts.ndim != 4 or counts.shape[1] != self.members:
             raise ValueError(
-                f"amplitudes: expected shape (B, {self.members}, H, W), "
-                f"got {tuple(amplitudes.shape)}")
-        h = amplitudes.shape[-1]
+                f"counts: expected shape (B, {self.members}, H, W), got {tuple(counts.shape)}")
+        h = counts.shape[-1]
         if h % 2**self.depth:
             raise ValueError(f"pattern size: expected a multiple of {2**self.depth}, got {h}")
-        if tuple(amplitudes.shape[-2:]) != tuple(self.backprop.kernel.shape):
+        if tuple(counts.shape[-2:]) != tuple(self.backprop.kernel.shape):
             raise ValueError(f"pattern size: expected {tuple(self.backprop.kernel.shape)} (the "
-                             f"probe's), got {tuple(amplitudes.shape[-2:])}")
-        o0 = self.backprop(amplitudes)
-        x = torch.cat([o0.real, o0.imag], dim=1).to(amplitudes.dtype)
+                             f"probe's), got {tuple(counts.shape[-2:])}")
+        o0 = self.backprop(counts)
+        x = torch.cat([o0.real, o0.imag], dim=1)
         skips = [self.stem(x)]
         for down in self.down:
             skips.append(down(skips[-1]))
@@ -156,9 +147,9 @@ class UNetGenerator(nn.Module):
 
 
 def build_generator(kind: str, members: int, width: int, depth: int, amplitude_max: float,
-                    probe: torch.Tensor, amplitude_scale: float) -> nn.Module:
+                    probe: torch.Tensor) -> nn.Module:
     """Factory for generators by config name (``model.generator``)."""
     if kind == "unet":
-        return UNetGenerator(members, probe, amplitude_scale, width=width, depth=depth,
+        return UNetGenerator(members, probe, width=width, depth=depth,
                              amplitude_max=amplitude_max)
     raise ValueError(f"model.generator: expected 'unet', got {kind!r}")

@@ -2,10 +2,11 @@
 
 Lightning owns the loop, devices (CPU, one GPU, multi-GPU/multi-node DDP), progress bar, CSV and
 TensorBoard metrics, checkpoints (written atomically by Lightning through an fsspec transaction),
-``--resume`` and early stopping.  We add: the single normalization (``data.amplitude_scale`` on
-the training scan only), a spatially disjoint validation slab, a NaN/Inf guard that stops with a
+``--resume`` and early stopping.  We add: a spatially disjoint validation slab, a NaN/Inf guard that stops with a
 clear message (the last good ``last.ckpt`` stays), keeping the best validation weights in memory,
-a check that DDP ranks end with identical weights, and writing the bundle.
+a check that DDP ranks end with identical weights, and the bundle: returned in memory
+(:attr:`TrainResult.bundle`, ready for :func:`ptypinn.pinn.infer.reconstruct`) and written to
+``out_dir/bundle``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ptypinn import physics
-from ptypinn.pinn.bundle import save_bundle
 from ptypinn.config import Config
-from ptypinn.data import ScanData, amplitude_scale, normalized_amplitudes
+from ptypinn.data import ScanData
 from ptypinn.grouping import Groups, group_patterns
+from ptypinn.pinn import TrainingDiverged
+from ptypinn.pinn.bundle import Bundle, save_bundle
 from ptypinn.pinn.models import build_model
 
 __all__ = ["TrainingDiverged", "GroupDataset", "LitPtycho", "TrainResult", "train_model",
@@ -37,25 +39,20 @@ __all__ = ["TrainingDiverged", "GroupDataset", "LitPtycho", "TrainResult", "trai
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
-
-
 class GroupDataset(Dataset):
     """Groups of patterns as training samples (data stay on the CPU; batches are streamed).
 
-    Items are dicts: ``amplitudes`` (C,H,W) float32 normalized, ``counts`` (C,H,W) float32,
-    ``offsets_px`` (C,2) float32, and ``truth`` (C,H,W) complex64 when ``with_truth``.
+    Items are dicts: ``counts`` (C,H,W) float32, ``offsets_px`` (C,2) float32, and ``truth``
+    (C,H,W) complex64 when ``with_truth``.
     """
 
-    def __init__(self, scan: ScanData, groups: Groups, scale: float, with_truth: bool = False):
+    def __init__(self, scan: ScanData, groups: Groups, with_truth: bool = False):
         if with_truth and scan.object_true is None:
             raise ValueError("model.kind='baseline': expected a scan with object_true (ground "
                              "truth; simulation only), got a scan without it")
         self.counts = torch.from_numpy(scan.counts)
         self.indices = torch.from_numpy(np.asarray(groups.indices, dtype=np.int64))
         self.offsets = torch.from_numpy(np.asarray(groups.offsets_px, dtype=np.float32))
-        self.scale = float(scale)
         self.size = scan.pattern_size
         self.obj = torch.from_numpy(scan.object_true) if with_truth else None
         self.positions = torch.from_numpy(scan.positions_px)
@@ -65,12 +62,7 @@ class GroupDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         idx = self.indices[i]
-        counts = self.counts[idx]
-        item = {
-            "counts": counts,
-            "amplitudes": normalized_amplitudes(counts, self.scale),
-            "offsets_px": self.offsets[i],
-        }
+        item = {"counts": self.counts[idx], "offsets_px": self.offsets[i]}
         if self.obj is not None:
             item["truth"] = physics.extract_patches(self.obj[None], self.positions[idx][None],
                                                     self.size)[0]
@@ -155,15 +147,15 @@ class LitPtycho(L.LightningModule):
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a training run produced (paths are inside ``out_dir``)."""
+    """What a training run produced: the bundle in memory, and where it was written."""
 
+    bundle: Bundle
     bundle_dir: Path
     epochs_run: int
     fit_time_s: float
     samples_per_s: float
     n_train_groups: int
     n_val_groups: int
-    amplitude_scale: float
     final_metrics: dict[str, float] = field(default_factory=dict)
     ranks_identical: bool | None = None
     is_global_zero: bool = True
@@ -176,14 +168,15 @@ def _loader(ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
 
 def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
                 resume: bool = False) -> TrainResult:
-    """Train a PINN or baseline on one (training) scan and write ``out_dir/bundle``.
+    """Train a PINN or baseline on one (training) scan; return the bundle, also written to
+    ``out_dir/bundle``.
 
     Parameters
     ----------
     cfg : Config
         Uses ``grouping``, ``model`` and ``train``.
     scan : ScanData
-        The training split; its counts alone define the normalization.
+        The training split, with its probe in photon units.
     out_dir : path
         Run directory: ``checkpoints/``, ``logs/metrics.csv``, ``bundle/``.
     resume : bool
@@ -201,15 +194,14 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
         raise ValueError(f"scan: expected at least {cfg.grouping.group_size} patterns for "
                          f"gridsize {cfg.grouping.gridsize}, got {scan.counts.shape[0]}")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    scale = amplitude_scale(scan.counts)
     groups = group_patterns(scan.positions_px, cfg.grouping)
     train_groups, val_groups = split_groups(groups, scan.positions_px, cfg.train.val_fraction)
-    model = build_model(cfg.model, torch.from_numpy(scan.probe), scale, cfg.grouping.group_size)
+    model = build_model(cfg.model, torch.from_numpy(scan.probe), cfg.grouping.group_size)
     lit = LitPtycho(model, cfg)
 
-    train_dl = _loader(GroupDataset(scan, train_groups, scale, with_truth),
+    train_dl = _loader(GroupDataset(scan, train_groups, with_truth),
                        cfg.train.batch_size, shuffle=True)
-    val_dl = (_loader(GroupDataset(scan, val_groups, scale, with_truth),
+    val_dl = (_loader(GroupDataset(scan, val_groups, with_truth),
                       cfg.train.batch_size, shuffle=False) if val_groups is not None else None)
     ckpt_dir = out_dir / "checkpoints"
     callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, filename="latest", save_last=True,
@@ -254,21 +246,21 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
     epochs_run = int(trainer.current_epoch)
     n_samples = len(train_dl.dataset) * max(epochs_run, 1)  # type: ignore[arg-type]
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    result = TrainResult(
+    model = model.cpu()
+    fields = dict(
         bundle_dir=out_dir / "bundle",
         epochs_run=epochs_run,
         fit_time_s=fit_time,
         samples_per_s=n_samples / fit_time if fit_time > 0 else float("nan"),
         n_train_groups=train_groups.n_groups,
         n_val_groups=val_groups.n_groups if val_groups is not None else 0,
-        amplitude_scale=scale,
         final_metrics=metrics,
         ranks_identical=lit.ranks_identical,
         is_global_zero=trainer.is_global_zero,
     )
+    training = {k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items()}
+    training["photons_per_pattern"] = scan.photons_per_pattern
+    bundle = Bundle.create(model, cfg, extra={"training": training})
     if trainer.is_global_zero:
-        summary = {k: (str(v) if isinstance(v, Path) else v)
-                   for k, v in result.__dict__.items()}
-        save_bundle(result.bundle_dir, model.cpu(), cfg, cfg.grouping.group_size,
-                    extra={"training": summary})
-    return result
+        save_bundle(fields["bundle_dir"], bundle)
+    return TrainResult(bundle=bundle, **fields)  # type: ignore[arg-type]

@@ -17,8 +17,8 @@ Two steps, so arms can also be produced elsewhere (or built by hand in tests):
 
 Scored region: the intersection of all arms' ``covered`` masks, so every arm is judged on the
 same pixels.  PtyChi has no patch crop; its ``covered`` mask is the region a network arm with the
-same crop covers (:func:`footprint_mask`: the stitcher run on all-ones patches), so the three arms
-are scored on identical pixels whichever subset runs.
+same crop covers (:func:`ptypinn.stitch.footprint_mask`: the stitcher run on all-ones patches),
+so the three arms are scored on identical pixels whichever subset runs.
 
 With ground truth (simulation) each arm is scored against it with :func:`ptypinn.metrics.evaluate`
 (registration, global-phase removal, amplitude/phase metrics, FRC) and its FRC curve vs the truth
@@ -42,27 +42,24 @@ import os
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
 
-from ptypinn.config import InferConfig
+from ptypinn import io, stitch
+from ptypinn.baselines.ptychi import ptychi_available, reconstruct_ptychi
+from ptypinn.config import ARM_LABELS, InferConfig, IterativeConfig
 from ptypinn.data import ScanData
+from ptypinn.physics import data_nll
+from ptypinn.pinn.bundle import Bundle, load_bundle
+from ptypinn.pinn.infer import reconstruct, resolve_device
 from ptypinn.metrics import AlignedPair, align, evaluate, frc, metrics_long_rows
 
-if TYPE_CHECKING:
-    from ptypinn.pinn.bundle import Bundle
 
-__all__ = ["ArmResult", "ARM_NAMES", "footprint_mask", "run_arms", "compare", "summary_table"]
+__all__ = ["ArmResult", "footprint_mask", "run_arms", "compare", "summary_table"]
 
 log = logging.getLogger(__name__)
 
-ARM_NAMES = {"pinn": "PINN", "baseline": "Baseline", "ptychi": "PtyChi"}
-"""Display name of each arm (the ``model`` column of the tables)."""
-
-_PTYCHI_DEVICES = ("auto", "cpu", "cuda")
-_FOOTPRINT_BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,7 @@ class ArmResult:
         ``n_patterns / wall_time_s``.
     nll_per_pixel : float
         Mean over patterns of the data Poisson NLL per pixel minus the saturated model's
-        (:func:`ptypinn.pinn.infer.data_nll`).
+        (:func:`ptypinn.physics.data_nll`).
     details : dict
         JSON-friendly extras (bundle path, pty-chi algorithm and iterations, ...).
     """
@@ -102,72 +99,49 @@ class ArmResult:
 
 
 def footprint_mask(scan: ScanData, crop_px: int | None = None) -> np.ndarray:
-    """Pixels covered by the scan's (cropped) probe windows, as a network arm's ``covered``.
-
-    Runs :class:`ptypinn.stitch.Stitcher` on all-ones patches with the crop a network arm uses
-    (``crop_px``, default :func:`ptypinn.pinn.infer.default_crop_px` of the scan's probe), streamed in
-    batches.
-
-    Returns
-    -------
-    bool ``(Hy, Wx)`` in the scan's object frame.
-    """
-    from ptypinn.pinn.infer import default_crop_px
-    from ptypinn.stitch import Stitcher
-
-    n = scan.pattern_size
-    stitcher = Stitcher(scan.object_shape_px, n, crop_px=crop_px or default_crop_px(scan.probe))
-    positions = torch.from_numpy(scan.positions_px)
-    for s in range(0, scan.n_patterns, _FOOTPRINT_BATCH):
-        pos = positions[s:s + _FOOTPRINT_BATCH]
-        stitcher.add(torch.ones((pos.shape[0], n, n), dtype=torch.complex64), pos)
-    return stitcher.result()[1]
+    """Pixels covered by the scan's (cropped) probe windows, as a network arm's ``covered``
+    (:func:`ptypinn.stitch.footprint_mask` with the network arms' crop, by default
+    :func:`ptypinn.stitch.default_crop_px` of the scan's probe)."""
+    return stitch.footprint_mask(scan.positions_px, scan.pattern_size, scan.object_shape_px,
+                                 crop_px or stitch.default_crop_px(scan.probe))
 
 
-def _ptychi_device(device: str) -> str:
-    if device in _PTYCHI_DEVICES:
-        return device
-    return "cuda" if device.startswith("cuda") else "cpu"
-
-
-def _load_network(path: str, kind: str) -> Bundle:
-    from ptypinn.pinn.bundle import load_bundle
-
-    bundle = load_bundle(path)
+def _network(source: str | os.PathLike | Bundle, kind: str) -> tuple[str, Bundle]:
+    """``(where it came from, bundle)`` of a bundle given in memory or as a directory."""
+    if isinstance(source, Bundle):
+        where, bundle = "in memory", source
+    else:
+        where, bundle = str(source), load_bundle(source)
     got = bundle.config.model.kind
     if got != kind:
         raise ValueError(f"{kind}: expected a bundle with model.kind '{kind}', got '{got}' "
-                         f"({path})")
-    return bundle
+                         f"({where})")
+    return where, bundle
 
 
-def run_arms(scan: ScanData, pinn: str | os.PathLike | None = None,
-             baseline: str | os.PathLike | None = None, ptychi: str | None = None,
-             ptychi_iterations: int = 100, infer_cfg: InferConfig = InferConfig(),
-             ptychi_refine_probe: bool = False) -> list[ArmResult]:
+def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
+             baseline: str | os.PathLike | Bundle | None = None,
+             ptychi: IterativeConfig | None = None,
+             infer_cfg: InferConfig = InferConfig()) -> list[ArmResult]:
     """Reconstruct ``scan`` with each requested arm, in the order PINN, Baseline, PtyChi.
 
-    Every input is checked (bundles loaded, kinds matched, pty-chi importable, its config valid)
-    before anything runs.
+    Every input is checked (bundles loaded, kinds matched, pty-chi importable) before anything
+    runs.
 
     Parameters
     ----------
     scan : ScanData
         The test scan.
-    pinn, baseline : path, optional
-        Bundle (or run) directories whose ``model.kind`` is ``pinn`` / ``baseline``.
-    ptychi : {"lsqml", "epie", "rpie", "dm"}, optional
-        pty-chi engine; the scan's probe is kept fixed, as for the networks, unless
-        ``ptychi_refine_probe``.
-    ptychi_iterations : int
-        pty-chi epochs.
-    infer_cfg : InferConfig
-        Batch size, crop, precision and device of the network arms; the device (``cuda:k`` ->
-        ``cuda``) and crop (for the covered region) are also used for pty-chi.
-    ptychi_refine_probe : bool
-        Let pty-chi refine the probe too (for measured scans whose probe is only a rough
-        estimate).  Its data NLL is then computed with its own refined probe (recorded in
+    pinn, baseline : Bundle or path, optional
+        Bundles (in memory, or bundle/run directories) whose ``model.kind`` is ``pinn`` /
+        ``baseline``.
+    ptychi : IterativeConfig, optional
+        Run pty-chi with these settings (the ``iterative`` config section).  With
+        ``optimize_probe`` its data NLL is computed with its own refined probe (recorded in
         ``details['probe']``); the network arms keep the scan's probe.
+    infer_cfg : InferConfig
+        Batch size, crop, precision and device of the network arms; the crop also defines
+        pty-chi's covered region.
 
     Returns
     -------
@@ -178,45 +152,38 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | None = None,
     ValueError
         No arm requested, a bundle of the wrong kind, or pty-chi not usable (with the reason).
     """
-    from ptypinn.pinn.infer import data_nll, reconstruct, resolve_device
-    from ptypinn.baselines.ptychi import IterativeConfig, ptychi_available, reconstruct_ptychi
-
     if pinn is None and baseline is None and ptychi is None:
         raise ValueError("arms: expected at least one of pinn, baseline, ptychi, got none")
-    networks = [(kind, str(path), _load_network(str(path), kind))
-                for kind, path in (("pinn", pinn), ("baseline", baseline)) if path is not None]
-    it_cfg = None
+    networks = [(kind, *_network(source, kind))
+                for kind, source in (("pinn", pinn), ("baseline", baseline)) if source is not None]
     if ptychi is not None:
-        it_cfg = IterativeConfig(algorithm=ptychi, iterations=ptychi_iterations,  # type: ignore
-                                 optimize_probe=ptychi_refine_probe,
-                                 device=_ptychi_device(infer_cfg.device))
         ok, why = ptychi_available()
         if not ok:
             raise ValueError(f"ptychi: expected an importable pty-chi, got: {why}")
 
     arms: list[ArmResult] = []
-    for kind, path, bundle in networks:
+    for kind, where, bundle in networks:
         rec = reconstruct(bundle, scan, infer_cfg)
         arms.append(ArmResult(
-            name=ARM_NAMES[kind], object=rec.object, covered=rec.covered,
+            name=ARM_LABELS[kind], object=rec.object, covered=rec.covered,
             wall_time_s=rec.wall_time_s, patterns_per_s=rec.patterns_per_s,
             nll_per_pixel=float(np.mean(rec.nll_per_pattern)),
-            details={"bundle": path, "crop_px": rec.crop_px}))
-        log.info("%s: %.2f s (%.0f patterns/s)", ARM_NAMES[kind], rec.wall_time_s,
+            details={"bundle": where, "crop_px": rec.crop_px}))
+        log.info("%s: %.2f s (%.0f patterns/s)", ARM_LABELS[kind], rec.wall_time_s,
                  rec.patterns_per_s)
-    if it_cfg is not None:
-        res = reconstruct_ptychi(scan, it_cfg)
-        own = scan.replace(probe=res.probe) if ptychi_refine_probe else scan
+    if ptychi is not None:
+        res = reconstruct_ptychi(scan, ptychi)
+        own = scan.replace(probe=res.probe) if ptychi.optimize_probe else scan
         nll = data_nll(res.object, own, batch_size=infer_cfg.batch_size,
                        device=resolve_device(infer_cfg.device))
         wall = res.wall_time_s
         arms.append(ArmResult(
-            name=ARM_NAMES["ptychi"], object=res.object,
+            name=ARM_LABELS["ptychi"], object=res.object,
             covered=footprint_mask(scan, infer_cfg.crop_px), wall_time_s=wall,
             patterns_per_s=scan.n_patterns / wall if wall > 0 else math.nan,
             nll_per_pixel=float(np.mean(nll)),
             details={"algorithm": res.algorithm, "iterations": res.iterations,
-                     "probe": "refined" if ptychi_refine_probe else "fixed",
+                     "probe": "refined" if ptychi.optimize_probe else "fixed",
                      "final_loss": res.loss_history[-1] if res.loss_history else None}))
     return arms
 
@@ -303,13 +270,12 @@ def compare(scan: ScanData, arms: list[ArmResult], out_dir: str | os.PathLike) -
         ``details`` and, with truth, ``metrics``), ``agreement`` (without truth:
         ``{"A vs B": metrics}``), ``truth_nll_per_pixel`` (with truth), ``frc_units``, ``files``.
     """
-    from ptypinn import io, report
-    from ptypinn.pinn.infer import data_nll
+    from ptypinn import report  # matplotlib: imported only when figures are drawn
 
     out = Path(out_dir)
     common = _check_arms(scan, arms)
     truth = scan.object_true
-    ptychi = next((a for a in arms if a.name == ARM_NAMES["ptychi"]), None)
+    ptychi = next((a for a in arms if a.name == ARM_LABELS["ptychi"]), None)
     rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, Any]] = {}
     shown: dict[str, np.ndarray] = {}

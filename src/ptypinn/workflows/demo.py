@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ptypinn import io
 from ptypinn.config import Config, apply_overrides, from_dict, to_dict
+from ptypinn.pinn.infer import reconstruct, write_outputs
+from ptypinn.simulate import simulate_train_test
 
 __all__ = ["demo_config", "run_demo"]
 
@@ -46,11 +49,7 @@ def demo_config(quick: bool = False, overrides: Sequence[str] = ()) -> Config:
 def run_demo(out_dir: str | os.PathLike, quick: bool = False,
              overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns the summary (with a printable ``text``)."""
-    from ptypinn import io
-    from ptypinn.pinn.bundle import load_bundle
-    from ptypinn.pinn.infer import reconstruct, write_outputs
-    from ptypinn.simulate import simulate_train_test
-    from ptypinn.pinn.train import train_model
+    from ptypinn.pinn.train import train_model  # Lightning: imported only when the demo runs
 
     out = Path(out_dir)
     cfg = demo_config(quick, overrides)
@@ -61,7 +60,7 @@ def run_demo(out_dir: str | os.PathLike, quick: bool = False,
     io.write_scan(out / "test.npz", test)
     t_sim = time.perf_counter() - t0
     res = train_model(cfg, train, out / "run")
-    recon = reconstruct(load_bundle(out / "run" / "bundle"), test, cfg.infer)
+    recon = reconstruct(res.bundle, test, cfg.infer)
     summary = write_outputs(out, recon, test, {
         "simulate_s": t_sim, "train_s": res.fit_time_s, "train_epochs": res.epochs_run,
         "train_samples_per_s": res.samples_per_s, "total_s": time.perf_counter() - t0,
@@ -79,7 +78,7 @@ def run_demo(out_dir: str | os.PathLike, quick: bool = False,
         f"  test amplitude: SSIM {a['ssim']:.3f}, Pearson {a['pearson']:.3f}, "
         f"mean ratio {a['mean_ratio']:.3f} (1 = absolute scale right)",
         f"  test phase:     SSIM {p['ssim']:.3f}, Pearson {p['pearson']:.3f}",
-        f"  files: reconstruction.png, ground_truth.png, reconstruction.npz, summary.json",
+        "  files: reconstruction.png, ground_truth.png, reconstruction.npz, summary.json",
         f"  total {summary['total_s']:.0f} s",
     ])
     return summary

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ptypinn import io
 from ptypinn.data import ScanData
+from ptypinn.grouping import overlap_metrics, probe_radius_px_from_probe
 
 __all__ = ["describe_scan", "describe_path"]
 
 
 def describe_scan(scan: ScanData) -> list[str]:
     """Summary lines of a scan: shapes, dtypes, measurement, dose, extent, step and overlap."""
-    from ptypinn.grouping import overlap_metrics, probe_radius_px_from_probe
-
     n, h, w = scan.counts.shape
     pos = scan.positions_px
     radius = probe_radius_px_from_probe(scan.probe)
@@ -48,21 +48,22 @@ def describe_scan(scan: ScanData) -> list[str]:
 
 def describe_path(path: str | os.PathLike, measurement: str | None = None) -> list[str]:
     """Describe a scan file (any supported format) or a bundle/run directory."""
-    from ptypinn import io
-
     p = Path(path)
     if p.is_dir():
-        manifest = p / "manifest.json" if (p / "manifest.json").is_file() else p / "bundle" / "manifest.json"
-        if not manifest.is_file():
+        bundle = p if (p / "manifest.json").is_file() else p / "bundle"
+        if not (bundle / "manifest.json").is_file():
             raise ValueError(f"{p}: a directory that is not a bundle or run (no manifest.json)")
-        m = io.read_json(manifest)
+        m = io.read_json(bundle / "manifest.json")
+        cfg = io.read_yaml(bundle / "config.yaml") if (bundle / "config.yaml").is_file() else {}
+        gridsize = int((cfg.get("grouping") or {}).get("gridsize", 1))
         training = m.get("training", {})
+        photons = training.get("photons_per_pattern")
         return [
             f"{p}: model bundle (format {m.get('format_version')}, ptypinn {m.get('package_version')})",
-            f"kind: {m.get('kind')}; group size C={m.get('group_size')}; patterns "
+            f"kind: {m.get('kind')}; gridsize {gridsize} (group size C={gridsize**2}); patterns "
             f"{m.get('pattern_size')}x{m.get('pattern_size')}; probe modes {m.get('probe_modes')}",
-            f"amplitude scale: {m.get('amplitude_scale'):.6g}; intensity scale: "
-            f"{m.get('intensity_scale'):.6g}",
+            f"intensity scale: {m.get('intensity_scale'):.6g}; training photons per pattern: "
+            + (f"{photons:.4g}" if photons is not None else "not recorded"),
             f"training: {training.get('epochs_run')} epochs, {training.get('fit_time_s', 0):.1f} s, "
             f"{training.get('n_train_groups')} train / {training.get('n_val_groups')} val groups",
         ]

@@ -39,15 +39,16 @@ Per kind (the cell's base config is changed in one place only):
 Seed ``s`` of a cell: simulation seed ``simulation.seed + 2 s`` (train; ``+1`` is the test
 object), training and grouping seeds ``+ s``.
 
-Finished cells are read back and reported by :mod:`ptypinn.workflows.study_results`
-(:func:`ptypinn.workflows.study_results.write_report`: ``results.csv``, ``table.md``, ``curves.png``,
-``report.md`` and ``report.html``).
+The ``study:`` section is parsed by :mod:`ptypinn.workflows.study_config`.  Finished cells are
+read back and reported by :mod:`ptypinn.workflows.study_results`
+(:func:`ptypinn.workflows.study_results.write_report`: ``results.csv``, ``table.md``,
+``curves.png``, ``report.md`` and ``report.html``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import json
 import logging
 import math
 import os
@@ -56,214 +57,30 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
+from scipy import ndimage
 
-from ptypinn.config import Config, ConfigError, apply_overrides, from_dict, to_dict
+from ptypinn import io
+from ptypinn.baselines.ptychi import ptychi_available
+from ptypinn.config import ARM_LABELS, Config, ConfigError, to_dict
 from ptypinn.data import ScanData
+from ptypinn.grouping import group_patterns, overlap_metrics, probe_radius_px_from_probe
+from ptypinn.physics import extract_patches
+from ptypinn.pinn import TrainingDiverged
+from ptypinn.simulate import simulate_scan, simulate_train_test
+from ptypinn.workflows.compare import compare, run_arms
+from ptypinn.workflows.study_config import PARAMETERS, StudyConfig, load_study
+from ptypinn.workflows.study_results import write_report
 
 __all__ = [
-    "STUDY_KINDS",
-    "ARMS",
-    "PROBE_SCENARIOS",
-    "StudyConfig",
     "Cell",
-    "study_config_from_dict",
-    "load_study",
     "plan_cells",
     "experimental_probe",
+    "simulate_cell",
     "run_study",
 ]
 
 log = logging.getLogger(__name__)
-
-STUDY_KINDS = ("dose", "overlap", "generalization", "probe")
-ARMS = ("pinn", "baseline", "ptychi")
-PROBE_SCENARIOS = ("ideal_g1", "ideal_g2", "experimental_g1", "experimental_g2")
-PTYCHI_ALGORITHMS = ("epie", "rpie", "lsqml", "dm")
-_ARM_LABEL = {"pinn": "PINN", "baseline": "Baseline", "ptychi": "PtyChi"}
-
-# (parameter name in the tables, axis label with units)
-_PARAMETER = {
-    "dose": ("photons_per_pattern", "dose (photons per pattern)"),
-    "overlap": ("scan_step_px", "scan step (px)"),
-    "generalization": ("n_train_patterns", "training-set size (patterns)"),
-    "probe": ("scenario", "scenario (probe, gridsize)"),
-}
-
-
-# ------------------------------------------------------------------------------------------------
-# study configuration
-
-
-def _bad(key: str, expected: str, actual: Any) -> ConfigError:
-    return ConfigError(f"study.{key}: expected {expected}, got {actual!r}")
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """The ``study:`` section.
-
-    Attributes
-    ----------
-    kind : {"dose", "overlap", "generalization", "probe"}
-    values : tuple
-        Photons per pattern (dose, > 0), scan steps in px (overlap, > 0), training-set sizes in
-        patterns (generalization, integers >= 1) or scenario names (probe; default all four).
-    arms : tuple of {"pinn", "baseline", "ptychi"}
-    seeds : tuple of int
-        Repeated trials.
-    ptychi_iterations : int
-        pty-chi epochs.
-    ptychi_algorithm : {"epie", "rpie", "lsqml", "dm"}
-    test_object_kind : str, optional
-        Generalization: object kind of the test scan (out of distribution).
-    gridsizes : tuple of int
-        Overlap: run every step at each gridsize (default: ``grouping.gridsize`` only).
-    experimental_probe_path : str, optional
-        Probe study: scan file whose probe is the experimental probe.
-    """
-
-    kind: str
-    values: tuple = ()
-    arms: tuple[str, ...] = ("pinn", "ptychi")
-    seeds: tuple[int, ...] = (0,)
-    ptychi_iterations: int = 50
-    ptychi_algorithm: str = "epie"
-    test_object_kind: str | None = None
-    gridsizes: tuple[int, ...] = ()
-    experimental_probe_path: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in STUDY_KINDS:
-            raise _bad("kind", f"one of {list(STUDY_KINDS)}", self.kind)
-        if not self.arms or any(a not in ARMS for a in self.arms) or len(set(self.arms)) != len(
-                self.arms):
-            raise _bad("arms", f"a non-empty list of distinct names from {list(ARMS)}",
-                       list(self.arms))
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise _bad("seeds", "a non-empty list of distinct integers", list(self.seeds))
-        if self.ptychi_iterations < 1:
-            raise _bad("ptychi_iterations", ">= 1", self.ptychi_iterations)
-        if self.ptychi_algorithm not in PTYCHI_ALGORITHMS:
-            raise _bad("ptychi_algorithm", f"one of {list(PTYCHI_ALGORITHMS)}",
-                       self.ptychi_algorithm)
-        if any(g not in (1, 2, 3) for g in self.gridsizes):
-            raise _bad("gridsizes", "values in {1, 2, 3}", list(self.gridsizes))
-        if self.gridsizes and self.kind != "overlap":
-            raise _bad("gridsizes", "to be set only for kind 'overlap'", list(self.gridsizes))
-        if self.test_object_kind is not None and self.kind != "generalization":
-            raise _bad("test_object_kind", "to be set only for kind 'generalization'",
-                       self.test_object_kind)
-        if self.test_object_kind not in (None, "lines", "grf", "siemens_star"):
-            raise _bad("test_object_kind", "None, 'lines', 'grf' or 'siemens_star'",
-                       self.test_object_kind)
-        v = self.values
-        if self.kind == "probe":
-            if any(s not in PROBE_SCENARIOS for s in v) or len(set(v)) != len(v):
-                raise _bad("values", f"distinct scenario names from {list(PROBE_SCENARIOS)}",
-                           list(v))
-            return
-        if not v or len(set(v)) != len(v):
-            raise _bad("values", "a non-empty list of distinct numbers", list(v))
-        if any(isinstance(x, (bool, str)) or not isinstance(x, (int, float))
-               or not math.isfinite(x) or x <= 0 for x in v):
-            raise _bad("values", "finite numbers > 0", list(v))
-        if self.kind == "generalization" and any(int(x) != x for x in v):
-            raise _bad("values", "integers (training patterns)", list(v))
-
-    @property
-    def scenarios(self) -> tuple[str, ...]:
-        """Probe study: the scenarios run (all four when ``values`` is empty)."""
-        return tuple(self.values) or PROBE_SCENARIOS
-
-
-def _as_list(data: Mapping[str, Any], key: str) -> list[Any]:
-    v = data[key]
-    if isinstance(v, (list, tuple)):
-        return list(v)
-    if isinstance(v, (str, int, float)) and not isinstance(v, bool):
-        return [v]
-    raise _bad(key, "a list", v)
-
-
-def _number(x: Any, key: str) -> float:
-    if isinstance(x, str):
-        try:
-            return float(x)
-        except ValueError:
-            pass
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise _bad(key, "numbers", x)
-    return float(x)
-
-
-def study_config_from_dict(data: Mapping[str, Any] | None) -> StudyConfig:
-    """Build and validate a :class:`StudyConfig` from the ``study:`` mapping.
-
-    Raises
-    ------
-    ptypinn.config.ConfigError (a ValueError)
-        Unknown key (the closest valid one suggested), missing ``kind`` or an invalid value.
-    """
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"study: expected a mapping with at least 'kind', got {data!r}")
-    names = [f.name for f in dataclasses.fields(StudyConfig)]
-    for key in data:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean 'study.{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown config key 'study.{key}'{hint} (valid: "
-                              f"{', '.join(names)})")
-    if "kind" not in data:
-        raise ConfigError(f"study.kind: expected one of {list(STUDY_KINDS)}, got nothing")
-    kw: dict[str, Any] = dict(data)
-    kind = kw["kind"]
-    if "values" in kw:
-        vals = _as_list(kw, "values")
-        kw["values"] = tuple(vals if kind == "probe" else
-                             [_number(x, "values") for x in vals])
-        if kind == "generalization":
-            kw["values"] = tuple(int(x) if float(x).is_integer() else x for x in kw["values"])
-    for key in ("arms",):
-        if key in kw:
-            kw[key] = tuple(str(a) for a in _as_list(kw, key))
-    for key in ("seeds", "gridsizes"):
-        if key in kw:
-            items = _as_list(kw, key)
-            if any(isinstance(s, bool) or not isinstance(s, int) for s in items):
-                raise _bad(key, "integers", items)
-            kw[key] = tuple(items)
-    if "ptychi_iterations" in kw and (isinstance(kw["ptychi_iterations"], bool)
-                                      or not isinstance(kw["ptychi_iterations"], int)):
-        raise _bad("ptychi_iterations", "an integer", kw["ptychi_iterations"])
-    for key in ("test_object_kind", "experimental_probe_path", "ptychi_algorithm"):
-        if kw.get(key) is not None and not isinstance(kw[key], str):
-            raise _bad(key, "a string", kw[key])
-    return StudyConfig(**kw)
-
-
-def load_study(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = ()
-               ) -> tuple[StudyConfig, Config]:
-    """Parse a study config (YAML path or mapping) plus ``--set section.field=value`` overrides.
-
-    Returns
-    -------
-    (StudyConfig, Config)
-        The study section and the base run config.
-    """
-    if isinstance(source, Mapping):
-        data = dict(source)
-    else:
-        from ptypinn import io
-
-        data = io.read_yaml(source)
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of sections at the top level")
-    data = apply_overrides(data, overrides)
-    if "study" not in data:
-        raise ConfigError("study: expected a 'study:' section (kind, values, arms, ...), got none")
-    study = study_config_from_dict(data.pop("study"))
-    return study, from_dict(Config, data)
-
 
 # ------------------------------------------------------------------------------------------------
 # cells
@@ -342,7 +159,7 @@ def plan_cells(study: StudyConfig, base: Config) -> list[Cell]:
         A cell config that does not validate (e.g. a scan step the config rejects).
     """
     kind = study.kind
-    parameter = _PARAMETER[kind][0]
+    parameter = PARAMETERS[kind][0]
     cells: list[Cell] = []
     for seed in study.seeds:
         cfg_s = _seeded(base, seed)
@@ -396,12 +213,6 @@ def experimental_probe(probe: np.ndarray, size_px: int, radius_px: float) -> np.
     -------
     complex64 ``(N, N)`` with unit peak amplitude.
     """
-    import torch
-    from scipy import ndimage
-
-    from ptypinn.grouping import probe_radius_px_from_probe
-    from ptypinn.physics import extract_patches
-
     p = np.asarray(probe)
     if p.ndim == 3:
         power = (np.abs(p) ** 2).sum(axis=(1, 2))
@@ -423,12 +234,9 @@ def experimental_probe(probe: np.ndarray, size_px: int, radius_px: float) -> np.
     return (out / np.abs(out).max()).astype(np.complex64)
 
 
-def _simulate_cell(cell: Cell, study: StudyConfig, cache: dict[Any, Any]
+def simulate_cell(cell: Cell, study: StudyConfig, cache: dict[Any, Any]
                    ) -> tuple[ScanData, ScanData, dict[str, Any]]:
     """(train, test, notes) for a cell; simulations and the probe file are cached in ``cache``."""
-    from ptypinn import io
-    from ptypinn.simulate import simulate_scan, simulate_train_test
-
     sim = cell.config.simulation
     notes: dict[str, Any] = {}
     probe_arr = None
@@ -478,8 +286,6 @@ def _simulate_cell(cell: Cell, study: StudyConfig, cache: dict[Any, Any]
 
 
 def _overlap(scan: ScanData, cfg: Config) -> dict[str, float]:
-    from ptypinn.grouping import group_patterns, overlap_metrics, probe_radius_px_from_probe
-
     groups = None
     if cfg.grouping.gridsize > 1 and scan.n_patterns >= cfg.grouping.group_size:
         groups = group_patterns(scan.positions_px, dataclasses.replace(
@@ -503,8 +309,6 @@ def _resume_key(cell: Cell, study: StudyConfig) -> dict[str, Any]:
 
 
 def _is_done(cell_dir: Path, key: dict[str, Any]) -> bool:
-    from ptypinn import io
-
     done = cell_dir / "done.json"
     if not done.is_file():
         return False
@@ -519,21 +323,16 @@ def _is_done(cell_dir: Path, key: dict[str, Any]) -> bool:
 
 
 def _json_roundtrip(obj: Any) -> Any:
-    import json
-
     return json.loads(json.dumps(obj))
 
 
 def _run_cell(cell: Cell, study: StudyConfig, cell_dir: Path, cache: dict[Any, Any],
               key: dict[str, Any]) -> dict[str, Any]:
     """Simulate, train the network arms, compare all arms on the test scan, write done.json."""
-    from ptypinn import io
-    from ptypinn.workflows.compare import compare, run_arms
-    from ptypinn.baselines.ptychi import ptychi_available
-    from ptypinn.pinn.train import TrainingDiverged, train_model
+    from ptypinn.pinn.train import train_model  # Lightning: imported only when a cell trains
 
     io.write_yaml(cell_dir / "config.resolved.yaml", to_dict(cell.config))
-    train, test, notes = _simulate_cell(cell, study, cache)
+    train, test, notes = simulate_cell(cell, study, cache)
     record: dict[str, Any] = {
         "key": key, "cell": cell.describe(), "notes": notes, "failed": {}, "skipped": {},
         "train": {}, "scan": {"n_train_patterns": train.n_patterns,
@@ -549,14 +348,14 @@ def _run_cell(cell: Cell, study: StudyConfig, cell_dir: Path, cache: dict[Any, A
                                   model=dataclasses.replace(cell.config.model, kind=kind))
         try:
             res = train_model(cfg, train, cell_dir / f"train_{kind}")
-            record["train"][_ARM_LABEL[kind]] = {
+            record["train"][ARM_LABELS[kind]] = {
                 "fit_time_s": res.fit_time_s, "epochs_run": res.epochs_run,
                 "samples_per_s": res.samples_per_s, "n_train_groups": res.n_train_groups}
-            arms += run_arms(test, **{kind: res.bundle_dir}, infer_cfg=cfg.infer)
+            arms += run_arms(test, **{kind: res.bundle}, infer_cfg=cfg.infer)
         except (ValueError, TrainingDiverged) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            log.error("%s: %s arm failed: %s", cell.name, _ARM_LABEL[kind], msg)
-            record["failed"][_ARM_LABEL[kind]] = msg
+            log.error("%s: %s arm failed: %s", cell.name, ARM_LABELS[kind], msg)
+            record["failed"][ARM_LABELS[kind]] = msg
     if "ptychi" in study.arms:
         ok, why = ptychi_available()
         if not ok:
@@ -567,9 +366,10 @@ def _run_cell(cell: Cell, study: StudyConfig, cell_dir: Path, cache: dict[Any, A
             pkey = ("ptychi", id(test), study.ptychi_algorithm, study.ptychi_iterations)
             try:
                 if pkey not in cache:
-                    cache[pkey] = run_arms(test, ptychi=study.ptychi_algorithm,
-                                           ptychi_iterations=study.ptychi_iterations,
-                                           infer_cfg=cell.config.infer)
+                    it_cfg = dataclasses.replace(cell.config.iterative,
+                                                 algorithm=study.ptychi_algorithm,
+                                                 iterations=study.ptychi_iterations)
+                    cache[pkey] = run_arms(test, ptychi=it_cfg, infer_cfg=cell.config.infer)
                 else:
                     log.info("%s: PtyChi result reused (same test scan)", cell.name)
                 arms += cache[pkey]
@@ -601,10 +401,6 @@ def run_study(source: str | os.PathLike | Mapping[str, Any], out_dir: str | os.P
         :func:`ptypinn.workflows.study_results.write_report`'s summary plus ``cells_run`` and
         ``cells_skipped`` (names).
     """
-    from ptypinn import io
-    # lazy: study_results imports this module at load time, so a top-level import would cycle
-    from ptypinn.workflows.study_results import write_report
-
     study, base = load_study(source, overrides)
     out = Path(out_dir)
     cells = plan_cells(study, base)

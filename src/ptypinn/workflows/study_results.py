@@ -1,6 +1,6 @@
 """Study results: read the finished cells of a study directory and assemble its report.
 
-The study itself (configuration, cells, running) is :mod:`ptypinn.workflows.studies`; this module only reads
+The study itself (cells, running) is :mod:`ptypinn.workflows.studies`; this module only reads
 what its cells left behind (``STUDY/cells/<name>/done.json`` and ``compare/``, in the order of
 ``study.json``).
 
@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ptypinn.workflows.studies import (
-    _ARM_LABEL,
-    _PARAMETER,
+from ptypinn import io
+from ptypinn.config import ARM_LABELS
+from ptypinn.workflows.study_config import (
     ARMS,
+    PARAMETERS,
     PROBE_SCENARIOS,
     study_config_from_dict,
 )
@@ -48,8 +49,6 @@ RESULT_COLUMNS = ["cell", "parameter", "parameter_value", "gridsize", "seed", "m
 def _finished_cells(out: Path) -> list[tuple[Path, dict[str, Any]]]:
     """``(cell_dir, done.json record)`` of every finished cell, in the study's planned order
     (``study.json``; directory order if it is missing)."""
-    from ptypinn import io
-
     if (out / "study.json").is_file():
         dirs = [out / "cells" / name for name in io.read_json(out / "study.json")["cells"]]
     else:
@@ -232,7 +231,7 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Any]:
     dict
         ``kind``, ``n_cells``, ``finding``, ``table`` (markdown), ``files``.
     """
-    from ptypinn import io, report
+    from ptypinn import report  # matplotlib: imported only when figures are drawn
 
     out = Path(out_dir)
     if not (out / "study.yaml").is_file():
@@ -246,7 +245,7 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Any]:
     agg = _aggregate([dict(r, value=_NYQUIST_PERIOD_PX) if r["quantity"] == "complex"
                       and r["metric"].startswith("frc_") and r["value"] is None else r
                       for r in rows])
-    arm_order = [_ARM_LABEL[a] for a in ARMS]
+    arm_order = [ARM_LABELS[a] for a in ARMS]
     models = sorted({r["model"] for r in rows if r["model"] != "scan"},
                     key=lambda m: arm_order.index(m) if m in arm_order else 99)
     grids = sorted({int(r["gridsize"]) for r in rows})
@@ -257,7 +256,7 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Any]:
     finding = study_finding(kind, rows)
 
     # metrics table: one row per (value, gridsize, arm), mean ± std over seeds
-    pname, xlabel = _PARAMETER[kind]
+    pname, xlabel = PARAMETERS[kind]
     header = [pname, "gridsize", "model"]
     if kind == "overlap":
         header.append("overlap (test)")
