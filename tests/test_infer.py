@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ptypinn.config import Config, InferConfig, from_dict
-from ptypinn.pinn.infer import reconstruct, write_outputs
+from ptypinn.pinn.infer import reconstruct
+from ptypinn.workflows.outputs import write_outputs
 from ptypinn.io import load_npz
 from ptypinn.pinn.train import train_model
 

@@ -41,7 +41,7 @@ _API = {
     "TrainingDiverged": "ptypinn.pinn",
     "reconstruct": "ptypinn.pinn.infer",
     "Reconstruction": "ptypinn.pinn.infer",
-    "write_outputs": "ptypinn.pinn.infer",
+    "write_outputs": "ptypinn.workflows.outputs",
     # the iterative baseline
     "reconstruct_ptychi": "ptypinn.baselines.ptychi",
     # workflows
@@ -73,7 +73,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
     from ptypinn.physics import data_nll
     from ptypinn.pinn import TrainingDiverged
     from ptypinn.pinn.bundle import Bundle, load_bundle, save_bundle
-    from ptypinn.pinn.infer import Reconstruction, reconstruct, write_outputs
+    from ptypinn.pinn.infer import Reconstruction, reconstruct
+    from ptypinn.workflows.outputs import write_outputs
     from ptypinn.pinn.train import TrainResult, train_model
     from ptypinn.simulate import simulate_scan, simulate_train_test
     from ptypinn.workflows.compare import compare, run_arms

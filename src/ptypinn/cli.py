@@ -3,11 +3,16 @@
 Every command takes an optional YAML config and ``--set section.field=value`` overrides, writes
 the resolved config next to its outputs, logs to the console and to a file beside the outputs,
 and exits with status 2 and a one-line reason on bad input (no traceback for user errors).
+
+Layering: this module uses the public API (``ptypinn``, resolved lazily), ``ptypinn.io`` and
+``ptypinn.workflows``.  Commands import what they need when they run, so ``--help``,
+``--version`` and ``info`` never import Lightning, pty-chi or matplotlib.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+import ptypinn
 from ptypinn import __version__
 from ptypinn.config import PTYCHI_ENGINES
 
@@ -53,22 +59,17 @@ def _log_to_file(out_dir: Path) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from ptypinn.io import load_config
-
-    return load_config(getattr(args, "config", None), getattr(args, "set", None) or [])
+    return ptypinn.load_config(getattr(args, "config", None), getattr(args, "set", None) or [])
 
 
 def _write_config(out_dir: Path, cfg: Any, name: str = "config.resolved.yaml") -> None:
     from ptypinn import io
-    from ptypinn.config import to_dict
 
-    io.write_yaml(out_dir / name, to_dict(cfg))
+    io.write_yaml(out_dir / name, ptypinn.to_dict(cfg))
 
 
 def _read_scan(path: str, measurement: str | None = None):
-    from ptypinn import io
-
-    return io.read_scan(path, measurement=measurement)
+    return ptypinn.read_scan(path, measurement=measurement)
 
 
 def _add_common(p: argparse.ArgumentParser, config_positional: bool = False) -> None:
@@ -87,8 +88,8 @@ def _add_common(p: argparse.ArgumentParser, config_positional: bool = False) -> 
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from ptypinn import io, report
-    from ptypinn.simulate import simulate_scan, simulate_train_test
+    from ptypinn import io
+    from ptypinn.workflows.outputs import write_scan_with_preview
 
     cfg = _config(args)
     out = Path(args.output)
@@ -98,23 +99,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     probe_file = io.read_probe(sim.probe_file) if sim.probe_kind == "file" else None
     image = io.read_image(sim.image_path) if sim.object_kind == "image" else None
     if args.test_output:
-        train, test = simulate_train_test(sim, probe_from_file=probe_file, image=image)
+        train, test = ptypinn.simulate_train_test(sim, probe_from_file=probe_file, image=image)
         scans = [(out, train), (Path(args.test_output), test)]
     else:
-        scans = [(out, simulate_scan(sim, probe_from_file=probe_file, image=image))]
+        scans = [(out, ptypinn.simulate_scan(sim, probe_from_file=probe_file, image=image))]
     for path, scan in scans:
-        io.write_scan(path, scan)
-        io.write_bytes(path.with_suffix(".png"), report.scan_preview_png(scan))
+        preview = write_scan_with_preview(path, scan)
         log.info("wrote %s (%d patterns of %dx%d, %.3g photons/pattern) and its preview %s",
                  path, scan.n_patterns, scan.pattern_size, scan.pattern_size,
-                 scan.photons_per_pattern, path.with_suffix(".png").name)
+                 scan.photons_per_pattern, preview.name)
     _write_config(out.parent, cfg, out.stem + ".config.yaml")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ptypinn.pinn.train import train_model
-
     if args.config_positional is not None:
         if args.config is not None:
             raise ValueError("train: expected one config, got both a positional one and --config")
@@ -125,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _log_to_file(out)
     _write_config(out, cfg)
-    res = train_model(cfg, scan, out, resume=args.resume)
+    res = ptypinn.train_model(cfg, scan, out, resume=args.resume)
     if res.is_global_zero:
         log.info("trained %d epochs in %.1f s (%.1f samples/s); bundle: %s", res.epochs_run,
                  res.fit_time_s, res.samples_per_s, res.bundle_dir)
@@ -147,14 +145,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from ptypinn.pinn.bundle import load_bundle
-    from ptypinn.pinn.infer import reconstruct, write_outputs
+    from ptypinn.workflows.outputs import write_outputs
 
     cfg = _config(args)
-    bundle = load_bundle(args.run)
+    bundle = ptypinn.load_bundle(args.run)
     scan = _read_scan(args.scan, args.measurement)
     out = Path(args.output)
-    recon = reconstruct(bundle, scan, cfg.infer)
+    recon = ptypinn.reconstruct(bundle, scan, cfg.infer)
     _log_to_file(out)
     _write_config(out, cfg)
     _print_summary(write_outputs(out, recon, scan, {"bundle": str(args.run)}))
@@ -162,26 +159,22 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from ptypinn.data import calibrate_probe
-    from ptypinn.pinn.infer import reconstruct, write_outputs
-    from ptypinn.pinn.train import train_model
+    from ptypinn.workflows.outputs import write_outputs
 
     cfg = _config(args)
-    scan = calibrate_probe(_read_scan(args.scan, args.measurement))
+    scan = ptypinn.calibrate_probe(_read_scan(args.scan, args.measurement))
     out = Path(args.output)
     _log_to_file(out)
     _write_config(out, cfg)
     t0 = time.perf_counter()
-    bundle = train_model(cfg, scan, out / "run").bundle
+    bundle = ptypinn.train_model(cfg, scan, out / "run").bundle
     train_s = time.perf_counter() - t0
-    recon = reconstruct(bundle, scan, cfg.infer)
+    recon = ptypinn.reconstruct(bundle, scan, cfg.infer)
     _print_summary(write_outputs(out, recon, scan, {"train_time_s": train_s}))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from ptypinn.workflows.compare import compare, run_arms, summary_table
 
     cfg = _config(args)
@@ -316,11 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    from ptypinn.pinn import TrainingDiverged  # light: does not import Lightning
-
     try:
         return int(args.func(args) or 0)
-    except TrainingDiverged as e:
+    except ptypinn.TrainingDiverged as e:  # light: resolving it does not import Lightning
         print(f"ptypinn: training diverged: {e}", file=sys.stderr)
         return EXIT_DIVERGED
     except (ValueError, FileNotFoundError, IsADirectoryError) as e:

@@ -23,7 +23,8 @@ import numpy as np
 
 from ptypinn.physics import canvas_shape_px, window_starts
 
-__all__ = ["ScanData", "FRAME_MARGIN_PX", "frame_shift_px", "calibrate_probe"]
+__all__ = ["ScanData", "window_starts", "window_outside", "FRAME_MARGIN_PX", "frame_shift_px",
+           "calibrate_probe"]
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +132,10 @@ class ScanData:
             _fail("meta", "JSON-serialisable scalars", str(e))
         set_("meta", meta)
 
-        starts = window_starts(pos, h)
-        frac = np.any(starts != np.floor(starts), axis=1)
-        ends = np.floor(starts) + h + frac[:, None]
         hy, wx = self.object_shape_px
-        if starts.min() < 0 or ends[:, 0].max() > hy or ends[:, 1].max() > wx:
-            i = int(np.argmax((starts.min(1) < 0) | (ends[:, 0] > hy) | (ends[:, 1] > wx)))
+        hit = window_outside(pos, h, (hy, wx), bilinear_margin=True)
+        if hit is not None:
+            i = hit[0]
             _fail("positions_px", f"probe windows inside the object frame {hy}x{wx} "
                   f"(centres in [{h / 2}, {hy - h / 2}] x [{w / 2}, {wx - w / 2}])",
                   f"pattern {i} at (y, x) = ({pos[i, 0]:.2f}, {pos[i, 1]:.2f})")
@@ -179,6 +178,33 @@ class ScanData:
     def replace(self, **changes: Any) -> "ScanData":
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+def window_outside(positions_px: np.ndarray, size: int, shape_px: tuple[int, int],
+                   bilinear_margin: bool = True, tol_px: float = 0.0) -> tuple[int, int] | None:
+    """The first window that leaves an object frame, as ``(pattern, axis)``, or None.
+
+    Parameters
+    ----------
+    positions_px : float ``(n, 2)``; window centres ``(y, x)``.
+    size : int; window size N (windows start at ``centre - N/2``, :func:`window_starts`).
+    shape_px : (Hy, Wx); the frame.
+    bilinear_margin : bool
+        A window with a fractional start needs one more pixel for the bilinear interpolation of
+        :func:`ptypinn.physics.extract_patches` (what a scan needs); False checks the window
+        alone (what a ptychodus product needs).
+    tol_px : float; slack allowed on both sides.
+    """
+    starts = window_starts(np.asarray(positions_px, dtype=np.float64).reshape(-1, 2), size)
+    ends = starts + size
+    if bilinear_margin:
+        frac = np.any(starts != np.floor(starts), axis=1)
+        ends = np.floor(starts) + size + frac[:, None]
+    for axis in (0, 1):
+        bad = (starts[:, axis] < -tol_px) | (ends[:, axis] > shape_px[axis] + tol_px)
+        if bad.any():
+            return int(np.argmax(bad)), axis
+    return None
 
 
 FRAME_MARGIN_PX = 1

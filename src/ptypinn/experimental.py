@@ -26,13 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from ptypinn.data import ScanData
+from ptypinn.data import FRAME_MARGIN_PX, ScanData, frame_shift_px, window_starts
 
 __all__ = ["crop_scan", "scan_centre_px", "rotate_detector_180", "convention_variants"]
 
 log = logging.getLogger(__name__)
 
-_MARGIN_PX = 1
 
 
 def _check_center(center_px: Any) -> np.ndarray:
@@ -85,9 +84,9 @@ def crop_scan(scan: ScanData, center_px: tuple[float, float], n_patterns: int) -
     keep = np.sort(np.argsort(dist, kind="stable")[: int(n_patterns)])
 
     size = scan.pattern_size
-    starts = pos[keep] - size / 2.0
-    lo = np.floor(starts.min(axis=0)) - _MARGIN_PX
-    hi = np.ceil(starts.max(axis=0) + size) + _MARGIN_PX  # exclusive end, sub-pixel safe
+    starts = window_starts(pos[keep], size)
+    lo = -frame_shift_px(pos[keep], size)
+    hi = np.ceil(starts.max(axis=0) + size) + FRAME_MARGIN_PX  # exclusive end, sub-pixel safe
     has_object = scan.object_true is not None or scan.object_guess is not None
     if has_object:  # the new frame must lie inside the old one to crop the arrays
         lo = np.maximum(lo, 0.0)
@@ -136,9 +135,8 @@ def rotate_detector_180(counts: np.ndarray) -> np.ndarray:
 
 def _reframed(scan: ScanData, counts: np.ndarray, positions_px: np.ndarray,
               bad_pixels: np.ndarray | None, variant: str) -> ScanData:
-    n = scan.pattern_size
-    shift = np.floor((positions_px - n / 2.0).min(axis=0)) - _MARGIN_PX
-    return ScanData(counts=counts, positions_px=positions_px - shift, probe=scan.probe,
+    shift = frame_shift_px(positions_px, scan.pattern_size)
+    return ScanData(counts=counts, positions_px=positions_px + shift, probe=scan.probe,
                     bad_pixels=bad_pixels, meta=dict(scan.meta, convention_variant=variant))
 
 

@@ -48,7 +48,7 @@ import h5py
 import numpy as np
 from scipy import constants
 
-from ptypinn.data import ScanData
+from ptypinn.data import ScanData, frame_shift_px, window_outside
 from ptypinn.io.files import atomic_path
 
 __all__ = [
@@ -81,7 +81,6 @@ CXI_Y_PIXEL = "/entry_1/instrument_1/detector_1/y_pixel_size"
 CXI_MASK = "/entry_1/instrument_1/detector_1/mask"
 CXI_PTYPINN = "/entry_1/ptypinn"  # our own extras: meta JSON, frame origin, objects
 CXI_WRITE_VERSION = 160
-WINDOW_MARGIN_PX = 1
 SENTINEL_COUNTS = 2.0**31  # values at or above this in a masked pixel are flags
 
 # ptychodus product names (see docs/formats.md)
@@ -144,21 +143,6 @@ def _attr_str(v: Any) -> str:
 
 def _fail(path: Path, where: str, expected: str, actual: Any) -> None:
     raise ValueError(f"{path}: {where}: expected {expected}, got {actual}")
-
-
-def _frame_shift_px(pos: np.ndarray, n: int) -> np.ndarray:
-    """Integer shift putting every ``n``-window at pixel ``>= WINDOW_MARGIN_PX``."""
-    return np.ceil(n / 2 + WINDOW_MARGIN_PX - pos.min(axis=0))
-
-
-def _windows_inside(pos: np.ndarray, n: int, shape: tuple[int, int], tol: float = 1e-6
-                    ) -> tuple[int, int] | None:
-    """First ``(pattern, axis)`` whose centred ``n``-window leaves ``[0, shape)``, or None."""
-    for axis in (0, 1):
-        bad = (pos[:, axis] - n / 2 < -tol) | (pos[:, axis] + n / 2 > shape[axis] + tol)
-        if bad.any():
-            return int(np.argmax(bad)), axis
-    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -301,7 +285,7 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
     if origin is not None and object_pixel_size_m is None:
         shift = np.asarray(origin, dtype=np.float64)
     else:
-        shift = _frame_shift_px(pos, h)
+        shift = frame_shift_px(pos, h)
         for k in ("object_true", "object_guess"):  # their frame is not this one
             extras.pop(k, None)
     pos = pos + shift
@@ -468,7 +452,7 @@ class Product:
 
 def _check_product_positions(pos: np.ndarray, n: int, shape: tuple[int, int],
                              names: tuple[str, str], path: Path | str) -> None:
-    hit = _windows_inside(pos, n, shape)
+    hit = window_outside(pos, n, shape, bilinear_margin=False, tol_px=1e-6)
     if hit is not None:
         i, axis = hit
         raise ValueError(
@@ -633,7 +617,7 @@ def read_tike_siemens_npz_bz2(path: str | os.PathLike) -> ScanData:
     if corners.shape[0] != n:
         _fail(path, "scan", f"{n} positions (one per frame), (1, n, 2)", arrays["scan"].shape)
     pos = corners + n_px / 2
-    shift = _frame_shift_px(pos, n_px)
+    shift = frame_shift_px(pos, n_px)
     pos = pos + shift
     if arrays["probe"].shape[-2:] != (n_px, n_px):
         _fail(path, "probe", f"(..., {n_px}, {n_px}) matching the frames", arrays["probe"].shape)

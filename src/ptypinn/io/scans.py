@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ptypinn.data import ScanData
+from ptypinn.data import ScanData, frame_shift_px
 from ptypinn.io import hdf5
 from ptypinn.io.files import json_default, load_npz, save_npz
 
@@ -187,11 +187,10 @@ def read_reference_npz(
     meta: dict[str, Any] = {"provenance": f"reference-npz:{Path(path).name}",
                             "measurement": measurement}
     if obj is None:
-        # no object frame in the file: shift positions so every window starts at pixel >= 0
-        n = counts.shape[-1]
-        shift = np.maximum(0.0, np.ceil(n / 2 - pos.min(axis=0)))
+        # no object frame in the file: frame the windows as every reader does
+        shift = frame_shift_px(pos, counts.shape[-1])
         if np.any(shift):
-            log.warning("%s: positions shifted by %s px into the object frame", path, shift)
+            log.info("%s: positions shifted by %s px into the object frame", path, shift)
             pos = pos + shift
             meta["positions_shift_px"] = shift.tolist()
     try:

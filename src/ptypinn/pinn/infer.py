@@ -23,8 +23,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +35,7 @@ from ptypinn.physics import data_nll
 from ptypinn.pinn.bundle import Bundle
 from ptypinn.stitch import Stitcher, default_crop_px, synchronize_phases
 
-__all__ = ["Reconstruction", "resolve_device", "phase_sync_reg", "reconstruct", "write_outputs"]
+__all__ = ["Reconstruction", "resolve_device", "phase_sync_reg", "reconstruct"]
 
 log = logging.getLogger(__name__)
 
@@ -172,40 +170,3 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig) -> Reconstruct
              scan.n_patterns, wall, scan.n_patterns / wall, device)
     return Reconstruction(object=obj, covered=covered, nll_per_pattern=nll, wall_time_s=wall,
                           crop_px=crop, phase_offsets_rad=theta)
-
-
-def write_outputs(out_dir: str | Path, recon: Reconstruction, scan: ScanData,
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``reconstruction.npz``, ``reconstruction.png`` and ``summary.json``; return the summary.
-
-    With ground truth in ``scan`` the summary holds ``metrics`` (``metrics.evaluate`` over the
-    covered region).
-    """
-    from ptypinn import io, report
-    from ptypinn.metrics import evaluate
-
-    out = Path(out_dir)
-    summary: dict[str, Any] = {
-        "n_patterns": scan.n_patterns,
-        "object_shape_px": list(recon.object.shape),
-        "frame": "object pixels of the scan's positions_px (window centres, columns y, x)",
-        "crop_px": recon.crop_px,
-        "wall_time_s": recon.wall_time_s,
-        "patterns_per_s": recon.patterns_per_s,
-        "nll_per_pixel_mean": float(np.mean(recon.nll_per_pattern)),
-        "phase_sync_offsets_std_rad": float(np.std(recon.phase_offsets_rad)),
-        **(extra or {}),
-    }
-    if scan.object_true is not None:
-        summary["metrics"] = evaluate(recon.object, scan.object_true, mask=recon.covered)
-    io.save_npz(out / "reconstruction.npz", {
-        "object": recon.object, "covered": recon.covered, "positions_px": scan.positions_px,
-        "nll_per_pattern": recon.nll_per_pattern, "phase_offsets_rad": recon.phase_offsets_rad,
-    })
-    shown = np.where(recon.covered, recon.object, 0)
-    io.write_bytes(out / "reconstruction.png", report.complex_image_png(shown, "reconstruction"))
-    if scan.object_true is not None:
-        io.write_bytes(out / "ground_truth.png", report.complex_image_png(
-            np.where(recon.covered, scan.object_true, 0), "ground truth"))
-    io.write_json(out / "summary.json", summary)
-    return summary

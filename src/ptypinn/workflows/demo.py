@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 from ptypinn import io
 from ptypinn.config import Config, apply_overrides, from_dict, to_dict
-from ptypinn.pinn.infer import reconstruct, write_outputs
+from ptypinn.pinn.infer import reconstruct
+from ptypinn.workflows.outputs import write_outputs
 from ptypinn.simulate import simulate_train_test
 
 __all__ = ["demo_config", "run_demo"]
