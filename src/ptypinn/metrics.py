@@ -10,8 +10,10 @@ Pipeline used by :func:`evaluate`
    offset (:func:`remove_global_phase`) and, if asked, a linear phase ramp (:func:`remove_phase_ramp`),
    and shrink the scoring mask so that pixels touched by the shift's wrap-around are never scored.
 2. Amplitude ``|O|`` and phase are scored separately over the mask with :func:`mae`, :func:`mse`,
-   :func:`nrmse`, :func:`psnr`, :func:`ssim`, :func:`ms_ssim`, :func:`pearson`; the complex images
-   are compared with :func:`frc`.
+   :func:`nrmse`, :func:`psnr`, :func:`ssim`, :func:`ms_ssim`, :func:`pearson`.  PSNR, SSIM and
+   MS-SSIM use the **truth's** range over the mask as ``data_range`` for both quantities
+   (:func:`truth_data_range`), never an assumed 2 pi for the phase (SPEC lesson 11).
+   The complex images are compared with :func:`frc`.
 
 Conventions
 -----------
@@ -25,8 +27,9 @@ Conventions
   ``K2 = 0.03``.  MS-SSIM uses the same window at 5 scales.
 
 Translation code note: the Fourier shift here is an *evaluation-only* resampling of a whole image
-for registration; the model, grouping, simulation and stitching use ``physics.extract_patches`` /
-``physics.place_patches`` exclusively.
+for registration; the model, grouping and stitching use ``physics.extract_patches`` /
+``physics.place_patches`` exclusively, and the simulator its exact
+``simulate.extract_patches_exact`` (no inverse crime).
 """
 
 from __future__ import annotations
@@ -57,11 +60,13 @@ __all__ = [
     "pearson",
     "frc",
     "half_bit_threshold",
+    "truth_data_range",
     "assert_not_degenerate",
     "evaluate",
     "metrics_long_rows",
     "SSIM_WIN_SIZE",
     "MS_SSIM_WEIGHTS",
+    "PHASE_RANGE_FLOOR_RAD",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,11 @@ SSIM_WIN_SIZE = 7
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 """Per-scale exponents of MS-SSIM (Wang, Simoncelli & Bovik 2003), finest scale first."""
+
+PHASE_RANGE_FLOOR_RAD = 0.1
+"""Smallest phase ``data_range`` (rad): a truth whose phase varies by less over the mask (e.g. a
+pure amplitude object) is scored as if it spanned 0.1 rad, so PSNR/SSIM stay finite and their
+constants do not vanish."""
 
 _FRC_TUKEY_ALPHA = 0.25
 _REGISTER_MAX_ITER = 8
@@ -701,6 +711,44 @@ def _period_px(res: dict[str, float] | None) -> float | None:
     return None if res is None else float(res["period"])
 
 
+def truth_data_range(truth: np.ndarray, mask: np.ndarray | None = None,
+                     quantity: str = "amplitude") -> float:
+    """``data_range`` for PSNR / SSIM / MS-SSIM: the truth's own range over the mask.
+
+    * ``"amplitude"``: ``max - min`` of ``truth`` over the mask; if that is 0 (a constant truth,
+      e.g. the amplitude of a pure phase object) its ``max``; 0 only for an all-zero truth.
+    * ``"phase"``: ``max - min`` of ``truth`` (phase in rad, as scored) over the mask, floored at
+      :data:`PHASE_RANGE_FLOOR_RAD`; a constant truth phase (pure amplitude object) gets the floor.
+
+    Parameters
+    ----------
+    truth : real ``(H, W)``
+        Truth amplitude, or truth phase in radians (the values that are scored).
+    mask : bool ``(H, W)``, optional
+    quantity : {"amplitude", "phase"}
+
+    Returns
+    -------
+    float (units of ``truth``)
+    """
+    t, _ = _masked_values(truth, truth, mask)
+    span = float(t.max() - t.min())
+    if quantity == "amplitude":
+        return span if span > 0 else float(t.max())
+    if quantity == "phase":
+        return max(span, PHASE_RANGE_FLOOR_RAD)
+    raise ValueError(f"quantity: expected 'amplitude' or 'phase', got {quantity!r}")
+
+
+def _truth_phase(truth: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Truth phase (rad) unwrapped around its own mean phase over the mask:
+    ``c + angle(truth * exp(-i c))`` with ``c = angle(sum_mask truth)``.  Equal to
+    ``angle(truth)`` unless the truth's phases straddle the +-pi cut, where it avoids a spurious
+    2 pi jump (and a 2 pi range)."""
+    c = float(np.angle(np.sum(truth[mask].astype(np.complex128))))
+    return c + np.angle(truth.astype(np.complex128) * np.exp(-1j * c))
+
+
 def evaluate(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None,
              remove_ramp: bool = False) -> dict[str, dict[str, float | None]]:
     """Score a complex reconstruction against the ground truth (SPEC §8).
@@ -709,15 +757,22 @@ def evaluate(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = Non
     aligned mask, for ``"amplitude"`` (``|O|``) and ``"phase"`` (radians): ``mae``, ``mse``,
     ``nrmse``, ``psnr``, ``ssim``, ``ms_ssim``, ``pearson``.
 
-    * Phase of the reconstruction is taken as ``angle(truth) + angle(recon * conj(truth))`` so that
-      errors are the wrapped (shortest) phase differences and no 2 pi jump is ever scored.
-    * ``data_range``: amplitude -- the truth's ``max - min`` over the mask (its ``max`` if the truth
-      amplitude is constant, e.g. a pure phase object); phase -- ``2 pi``.
+    * Phase of the truth is ``angle(truth)`` taken around its own mean phase over the mask (no
+      2 pi jump inside the truth); the reconstruction's is that plus ``angle(recon * conj(truth))``
+      (after the global phase removal of :func:`align`), so errors are the wrapped (shortest)
+      phase differences.
+    * ``data_range`` (reported as ``amplitude.data_range`` / ``phase.data_range``): the truth's
+      ``max - min`` over the mask for both quantities (:func:`truth_data_range`: the amplitude's
+      ``max`` if the truth amplitude is constant; the phase range floored at
+      :data:`PHASE_RANGE_FLOOR_RAD` rad).  Never ``2 pi``: against a ~1 rad truth that would rank
+      a flat phase at SSIM ~0.5 (SPEC lesson 11).
     * ``amplitude.mean_ratio`` = mean |recon| / mean |truth| over the mask (absolute-scale check,
       SPEC lesson 2; 1 is right).
     * ``complex``: FRC of the aligned complex images (mask bounding box, each image mean-subtracted
       over the mask and zeroed outside it): ``frc_half_bit_px`` / ``frc_one_seventh_px`` resolution
       periods in px (None: never crossed), plus ``shift_y_px`` / ``shift_x_px`` of the registration.
+
+    Only truth-based scores are computed here; the truth-free data NLL is computed elsewhere.
 
     Returns
     -------
@@ -728,13 +783,16 @@ def evaluate(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = Non
     m = pair.mask
     amp_t = np.abs(pair.truth).astype(np.float64)
     amp_r = np.abs(pair.recon).astype(np.float64)
-    ph_t = np.angle(pair.truth).astype(np.float64)
-    ph_r = ph_t + np.angle(pair.recon * np.conj(pair.truth))
-    span = float(amp_t[m].max() - amp_t[m].min())
-    amp_range = span if span > 0 else float(amp_t[m].max())
+    ph_t = _truth_phase(pair.truth, m)
+    ph_r = ph_t + np.angle(pair.recon.astype(np.complex128) * np.conj(pair.truth))
+    amp_range = truth_data_range(amp_t, m, "amplitude")
+    ph_range = truth_data_range(ph_t, m, "phase")
+    if ph_range == PHASE_RANGE_FLOOR_RAD:
+        log.info("evaluate: truth phase varies by < %g rad over the mask; phase data_range "
+                 "floored at %g rad", PHASE_RANGE_FLOOR_RAD, PHASE_RANGE_FLOOR_RAD)
     out: dict[str, dict[str, float | None]] = {}
     for quantity, t, x, dr in (("amplitude", amp_t, amp_r, amp_range),
-                               ("phase", ph_t, ph_r, 2 * math.pi)):
+                               ("phase", ph_t, ph_r, ph_range)):
         scores: dict[str, float | None] = {
             "mae": mae(t, x, m),
             "mse": mse(t, x, m),
@@ -748,6 +806,7 @@ def evaluate(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = Non
             log.info("evaluate: %s truth is zero over the mask; psnr/ssim not computed", quantity)
             scores.update(psnr=None, ssim=None, ms_ssim=None)
         scores["pearson"] = pearson(t, x, m)
+        scores["data_range"] = dr
         out[quantity] = {k: _finite_or_none(v, f"{quantity}.{k}") for k, v in scores.items()}
     mean_t = float(amp_t[m].mean())
     out["amplitude"]["mean_ratio"] = _finite_or_none(
