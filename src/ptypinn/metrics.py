@@ -10,8 +10,12 @@ Pipeline used by :func:`evaluate`
    offset (:func:`remove_global_phase`) and, if asked, a linear phase ramp (:func:`remove_phase_ramp`),
    and shrink the scoring mask so that pixels touched by the shift's wrap-around are never scored.
 2. Amplitude ``|O|`` and phase are scored separately over the mask with :func:`mae`, :func:`mse`,
-   :func:`nrmse`, :func:`psnr`, :func:`ssim`, :func:`ms_ssim`, :func:`pearson`; the complex images
-   are compared with :func:`frc`.
+   :func:`nrmse`, :func:`psnr`, :func:`ssim`, :func:`ms_ssim`, :func:`pearson`.  PSNR, SSIM and
+   MS-SSIM use the **truth's** range over the mask as ``data_range`` for both quantities
+   (:func:`truth_data_range`), never an assumed 2 pi for the phase (SPEC lesson 11).
+3. The complex images are compared with :func:`frc` on the illuminated interior
+   (:func:`frc_interior`): the mask eroded by :data:`FRC_INTERIOR_MARGIN_PX`, the largest
+   rectangle inside it, mean-free and apodized, so no hard mask edge enters the spectrum.
 
 Conventions
 -----------
@@ -25,8 +29,9 @@ Conventions
   ``K2 = 0.03``.  MS-SSIM uses the same window at 5 scales.
 
 Translation code note: the Fourier shift here is an *evaluation-only* resampling of a whole image
-for registration; the model, grouping, simulation and stitching use ``physics.extract_patches`` /
-``physics.place_patches`` exclusively.
+for registration; the model, grouping and stitching use ``physics.extract_patches`` /
+``physics.place_patches`` exclusively, and the simulator its exact
+``simulate.extract_patches_exact`` (no inverse crime).
 """
 
 from __future__ import annotations
@@ -56,12 +61,18 @@ __all__ = [
     "ms_ssim",
     "pearson",
     "frc",
+    "frc_interior",
     "half_bit_threshold",
+    "truth_data_range",
     "assert_not_degenerate",
     "evaluate",
     "metrics_long_rows",
     "SSIM_WIN_SIZE",
     "MS_SSIM_WEIGHTS",
+    "PHASE_RANGE_FLOOR_RAD",
+    "FRC_INTERIOR_MARGIN_PX",
+    "FRC_MAX_ASPECT",
+    "FRC_MIN_SIDE_PX",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +82,21 @@ SSIM_WIN_SIZE = 7
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 """Per-scale exponents of MS-SSIM (Wang, Simoncelli & Bovik 2003), finest scale first."""
+
+PHASE_RANGE_FLOOR_RAD = 0.1
+"""Smallest phase ``data_range`` (rad): a truth whose phase varies by less over the mask (e.g. a
+pure amplitude object) is scored as if it spanned 0.1 rad, so PSNR/SSIM stay finite and their
+constants do not vanish."""
+
+FRC_INTERIOR_MARGIN_PX = 4
+"""Erosion (px, square structuring element) of the scoring mask before the FRC rectangle is
+chosen, so the poorly constrained rim of the scanned region stays out of the FRC."""
+
+FRC_MAX_ASPECT = 2.0
+"""Longest / shortest side of the FRC rectangle (a thin strip has too few rings)."""
+
+FRC_MIN_SIDE_PX = 8
+"""Smallest side (px) of the FRC rectangle; below it no FRC is reported."""
 
 _FRC_TUKEY_ALPHA = 0.25
 _REGISTER_MAX_ITER = 8
@@ -145,6 +171,59 @@ def _shrink(mask: np.ndarray, r_px: int) -> np.ndarray:
         return mask
     return ndimage.minimum_filter(mask.astype(np.uint8), size=2 * r_px + 1, mode="constant",
                                   cval=0).astype(bool)
+
+
+def _largest_rectangle(mask: np.ndarray, max_aspect: float = FRC_MAX_ASPECT
+                       ) -> tuple[slice, slice] | None:
+    """Largest-area axis-aligned rectangle of True pixels whose sides differ by at most
+    ``max_aspect`` (ties: the first found, scanning rows downwards).
+
+    Every maximal all-True rectangle is visited with the row-histogram / stack method
+    (``O(H W)``); a maximal rectangle that is too elongated is trimmed symmetrically along its
+    long side to ``floor(max_aspect * short)``, which gives its largest admissible sub-rectangle.
+
+    Returns
+    -------
+    ``(rows, cols)`` slices, or None if ``mask`` has no True pixel.
+    """
+    h, w = mask.shape
+    rows_any = mask.any(axis=1)
+    if not rows_any.any():
+        return None
+    best: list[Any] = [None, -1]
+
+    def consider(y0: int, y1: int, x0: int, x1: int) -> None:
+        hh, ww = y1 - y0, x1 - x0
+        if ww > max_aspect * hh:
+            new = int(math.floor(max_aspect * hh))
+            x0 += (ww - new) // 2
+            x1 = x0 + new
+        elif hh > max_aspect * ww:
+            new = int(math.floor(max_aspect * ww))
+            y0 += (hh - new) // 2
+            y1 = y0 + new
+        area = (y1 - y0) * (x1 - x0)
+        if area > best[1]:
+            best[0], best[1] = (slice(y0, y1), slice(x0, x1)), area
+
+    box = _bbox(mask)
+    if mask[box].all():  # a filled rectangle: the scan below would find only it
+        consider(box[0].start, box[0].stop, box[1].start, box[1].stop)
+        return best[0]
+    heights = np.zeros(w + 1, dtype=np.int64)  # the trailing 0 flushes the stack at every row
+    for r in range(h):
+        heights[:w] = np.where(mask[r], heights[:w] + 1, 0)
+        if not rows_any[r]:
+            continue
+        hl = heights.tolist()
+        stack: list[int] = []
+        for c in range(w + 1):
+            while stack and hl[stack[-1]] >= hl[c]:
+                ht = hl[stack.pop()]
+                if ht:
+                    consider(r - ht + 1, r + 1, stack[-1] + 1 if stack else 0, c)
+            stack.append(c)
+    return best[0]
 
 
 def _center_crop(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -659,6 +738,63 @@ def frc(a: np.ndarray, b: np.ndarray, pixel_size_m: float | None = None) -> dict
     }
 
 
+def frc_interior(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None,
+                 margin_px: int = FRC_INTERIOR_MARGIN_PX, pixel_size_m: float | None = None,
+                 ) -> dict[str, Any] | None:
+    """FRC of two aligned images on the illuminated interior of their scoring mask.
+
+    The region: ``mask`` eroded by ``margin_px`` (square structuring element; the image edge counts
+    as outside), then the largest axis-aligned rectangle inside it with sides within
+    :data:`FRC_MAX_ASPECT` of each other (for a filled rectangular mask: the eroded rectangle,
+    trimmed if too elongated).  Each image is cropped to that rectangle, has its mean over it
+    subtracted, and is passed to :func:`frc`, which apodizes both with the same Tukey window
+    (alpha 0.25) -- so neither a hard mask edge nor the crop border enters the spectrum.  (The
+    previous preparation, mask bounding box with off-mask pixels zeroed, put the mask's common
+    hard edge into both spectra, and that edge dominated the high-frequency rings.)
+
+    Parameters
+    ----------
+    recon, truth : ``(H, W)`` real or complex
+        Images already in one frame, phase aligned (e.g. ``AlignedPair.recon`` / ``.truth``).
+    mask : bool ``(H, W)``, optional
+        Scoring mask (e.g. ``AlignedPair.mask``; default: the whole image).
+    margin_px : int
+        Erosion of the mask in px (>= 0).
+    pixel_size_m : float, optional
+        Passed to :func:`frc` (frequencies in 1/m, periods in m).
+
+    Returns
+    -------
+    dict or None
+        :func:`frc`'s dict plus ``region`` = ``(y0, y1, x0, x1)`` (the rectangle, half-open, in
+        pixels of the inputs) and ``margin_px``; None (logged) if no rectangle with both sides
+        ``>=`` :data:`FRC_MIN_SIDE_PX` fits.
+    """
+    recon = _check_2d("recon", recon)
+    truth = _check_2d("truth", truth)
+    if recon.shape != truth.shape:
+        raise ValueError(f"truth: expected shape {recon.shape} (recon's), got {truth.shape}")
+    if int(margin_px) != margin_px or margin_px < 0:
+        raise ValueError(f"margin_px: expected an integer >= 0, got {margin_px!r}")
+    m = _check_mask(mask, recon.shape)
+    interior = _shrink(m, int(margin_px))
+    rect = _largest_rectangle(interior) if interior.any() else None
+    if rect is None or min(rect[0].stop - rect[0].start,
+                           rect[1].stop - rect[1].start) < FRC_MIN_SIDE_PX:
+        log.info("frc_interior: no rectangle of >= %d px per side inside the mask eroded by %d px "
+                 "(got %s); FRC not computed", FRC_MIN_SIDE_PX, margin_px, rect)
+        return None
+
+    def prep(img: np.ndarray) -> np.ndarray:
+        sub = img[rect].astype(np.complex128 if np.iscomplexobj(img) else np.float64)
+        return sub - sub.mean()
+
+    out = frc(prep(recon), prep(truth), pixel_size_m=pixel_size_m)
+    out["region"] = (rect[0].start, rect[0].stop, rect[1].start, rect[1].stop)
+    out["margin_px"] = int(margin_px)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # sanity check, evaluation, tabulation
 # --------------------------------------------------------------------------------------------------
@@ -701,6 +837,44 @@ def _period_px(res: dict[str, float] | None) -> float | None:
     return None if res is None else float(res["period"])
 
 
+def truth_data_range(truth: np.ndarray, mask: np.ndarray | None = None,
+                     quantity: str = "amplitude") -> float:
+    """``data_range`` for PSNR / SSIM / MS-SSIM: the truth's own range over the mask.
+
+    * ``"amplitude"``: ``max - min`` of ``truth`` over the mask; if that is 0 (a constant truth,
+      e.g. the amplitude of a pure phase object) its ``max``; 0 only for an all-zero truth.
+    * ``"phase"``: ``max - min`` of ``truth`` (phase in rad, as scored) over the mask, floored at
+      :data:`PHASE_RANGE_FLOOR_RAD`; a constant truth phase (pure amplitude object) gets the floor.
+
+    Parameters
+    ----------
+    truth : real ``(H, W)``
+        Truth amplitude, or truth phase in radians (the values that are scored).
+    mask : bool ``(H, W)``, optional
+    quantity : {"amplitude", "phase"}
+
+    Returns
+    -------
+    float (units of ``truth``)
+    """
+    t, _ = _masked_values(truth, truth, mask)
+    span = float(t.max() - t.min())
+    if quantity == "amplitude":
+        return span if span > 0 else float(t.max())
+    if quantity == "phase":
+        return max(span, PHASE_RANGE_FLOOR_RAD)
+    raise ValueError(f"quantity: expected 'amplitude' or 'phase', got {quantity!r}")
+
+
+def _truth_phase(truth: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Truth phase (rad) unwrapped around its own mean phase over the mask:
+    ``c + angle(truth * exp(-i c))`` with ``c = angle(sum_mask truth)``.  Equal to
+    ``angle(truth)`` unless the truth's phases straddle the +-pi cut, where it avoids a spurious
+    2 pi jump (and a 2 pi range)."""
+    c = float(np.angle(np.sum(truth[mask].astype(np.complex128))))
+    return c + np.angle(truth.astype(np.complex128) * np.exp(-1j * c))
+
+
 def evaluate(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None,
              remove_ramp: bool = False) -> dict[str, dict[str, float | None]]:
     """Score a complex reconstruction against the ground truth (SPEC §8).
@@ -709,15 +883,24 @@ def evaluate(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = Non
     aligned mask, for ``"amplitude"`` (``|O|``) and ``"phase"`` (radians): ``mae``, ``mse``,
     ``nrmse``, ``psnr``, ``ssim``, ``ms_ssim``, ``pearson``.
 
-    * Phase of the reconstruction is taken as ``angle(truth) + angle(recon * conj(truth))`` so that
-      errors are the wrapped (shortest) phase differences and no 2 pi jump is ever scored.
-    * ``data_range``: amplitude -- the truth's ``max - min`` over the mask (its ``max`` if the truth
-      amplitude is constant, e.g. a pure phase object); phase -- ``2 pi``.
+    * Phase of the truth is ``angle(truth)`` taken around its own mean phase over the mask (no
+      2 pi jump inside the truth); the reconstruction's is that plus ``angle(recon * conj(truth))``
+      (after the global phase removal of :func:`align`), so errors are the wrapped (shortest)
+      phase differences.
+    * ``data_range`` (reported as ``amplitude.data_range`` / ``phase.data_range``): the truth's
+      ``max - min`` over the mask for both quantities (:func:`truth_data_range`: the amplitude's
+      ``max`` if the truth amplitude is constant; the phase range floored at
+      :data:`PHASE_RANGE_FLOOR_RAD` rad).  Never ``2 pi``: against a ~1 rad truth that would rank
+      a flat phase at SSIM ~0.5 (SPEC lesson 11).
     * ``amplitude.mean_ratio`` = mean |recon| / mean |truth| over the mask (absolute-scale check,
       SPEC lesson 2; 1 is right).
-    * ``complex``: FRC of the aligned complex images (mask bounding box, each image mean-subtracted
-      over the mask and zeroed outside it): ``frc_half_bit_px`` / ``frc_one_seventh_px`` resolution
-      periods in px (None: never crossed), plus ``shift_y_px`` / ``shift_x_px`` of the registration.
+    * ``complex``: FRC of the aligned complex images on the illuminated interior
+      (:func:`frc_interior`: mask eroded by :data:`FRC_INTERIOR_MARGIN_PX` px, largest rectangle
+      inside, mean-free, Tukey-apodized): ``frc_half_bit_px`` / ``frc_one_seventh_px`` resolution
+      periods in px (None: never crossed, or no rectangle of :data:`FRC_MIN_SIDE_PX` px fits), plus
+      ``shift_y_px`` / ``shift_x_px`` of the registration.
+
+    Only truth-based scores are computed here; the truth-free data NLL is computed elsewhere.
 
     Returns
     -------
@@ -728,13 +911,16 @@ def evaluate(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = Non
     m = pair.mask
     amp_t = np.abs(pair.truth).astype(np.float64)
     amp_r = np.abs(pair.recon).astype(np.float64)
-    ph_t = np.angle(pair.truth).astype(np.float64)
-    ph_r = ph_t + np.angle(pair.recon * np.conj(pair.truth))
-    span = float(amp_t[m].max() - amp_t[m].min())
-    amp_range = span if span > 0 else float(amp_t[m].max())
+    ph_t = _truth_phase(pair.truth, m)
+    ph_r = ph_t + np.angle(pair.recon.astype(np.complex128) * np.conj(pair.truth))
+    amp_range = truth_data_range(amp_t, m, "amplitude")
+    ph_range = truth_data_range(ph_t, m, "phase")
+    if ph_range == PHASE_RANGE_FLOOR_RAD:
+        log.info("evaluate: truth phase varies by < %g rad over the mask; phase data_range "
+                 "floored at %g rad", PHASE_RANGE_FLOOR_RAD, PHASE_RANGE_FLOOR_RAD)
     out: dict[str, dict[str, float | None]] = {}
     for quantity, t, x, dr in (("amplitude", amp_t, amp_r, amp_range),
-                               ("phase", ph_t, ph_r, 2 * math.pi)):
+                               ("phase", ph_t, ph_r, ph_range)):
         scores: dict[str, float | None] = {
             "mae": mae(t, x, m),
             "mse": mse(t, x, m),
@@ -748,14 +934,12 @@ def evaluate(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = Non
             log.info("evaluate: %s truth is zero over the mask; psnr/ssim not computed", quantity)
             scores.update(psnr=None, ssim=None, ms_ssim=None)
         scores["pearson"] = pearson(t, x, m)
+        scores["data_range"] = dr
         out[quantity] = {k: _finite_or_none(v, f"{quantity}.{k}") for k, v in scores.items()}
     mean_t = float(amp_t[m].mean())
     out["amplitude"]["mean_ratio"] = _finite_or_none(
         float(amp_r[m].mean()) / mean_t if mean_t > 0 else math.inf, "amplitude.mean_ratio")
-    ys, xs = _bbox(m)
-    curve = None
-    if min(ys.stop - ys.start, xs.stop - xs.start) >= 4:
-        curve = frc(_masked_zero_mean(pair.recon, m), _masked_zero_mean(pair.truth, m))
+    curve = frc_interior(pair.recon, pair.truth, m)
     out["complex"] = {
         "frc_half_bit_px": None if curve is None else _finite_or_none(
             _period_px(curve["resolution_half_bit"]), "complex.frc_half_bit_px"),

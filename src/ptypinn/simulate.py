@@ -6,9 +6,15 @@ changing e.g. the scan kind does not change the object.  The seed is recorded in
 
 Units: object and probe are dimensionless complex transmissions / fields until the dose
 calibration; the stored probe is in photon units (``|P|^2`` sums to photons), so
-``physics.predicted_intensity(probe, extract_patches(object_true, positions_px))`` are the expected
-counts of every pattern (to float32 rounding).  Positions are probe-window centres ``(y, x)`` in object pixels
-(see :mod:`ptypinn.physics`).
+``physics.predicted_intensity(probe, extract_patches_exact(object_true, positions_px, N))`` are the
+expected counts of every pattern (to float32 rounding).  Positions are probe-window centres
+``(y, x)`` in object pixels (see :mod:`ptypinn.physics`).
+
+Sub-pixel positions are simulated exactly (:func:`extract_patches_exact`: integer crop plus a
+Fourier shift of the fractional part), **not** with the bilinear interpolation of
+``physics.extract_patches`` that the reconstructions use: simulating with the reconstruction's own
+interpolation would favour it ("inverse crime", SPEC lesson 10).  For integer positions both agree
+exactly.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from skimage.transform import resize
 
 from ptypinn.config import SimulationConfig
 from ptypinn.data import ScanData
-from ptypinn.physics import extract_patches, predicted_intensity
+from ptypinn.physics import predicted_intensity, window_starts
 
 __all__ = [
+    "extract_patches_exact",
     "make_object",
     "image_object",
     "make_probe",
@@ -42,6 +49,10 @@ NOMINAL_PHOTONS_PER_PATTERN = 1e9
 
 _GOLDEN_ANGLE_RAD = math.pi * (3.0 - math.sqrt(5.0))
 _CHUNK = 512
+_SHIFT_PAD_PX = 16
+"""Margin (px) of the crop around each window for the Fourier sub-pixel shift (tapered to zero)."""
+_SHIFT_CHUNK_ELEMENTS = 1 << 24
+"""At most this many crop pixels per chunk of :func:`_exact_patch_chunks` (128 MiB complex64)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,12 +343,158 @@ def _streams(seed: int) -> tuple[np.random.Generator, np.random.Generator, np.ra
             np.random.default_rng(noise_ss))
 
 
-def _patch_chunks(obj_t: torch.Tensor, positions: np.ndarray, n: int):
-    """Yield ``(slice, patches (m, N, N))`` over the scan in chunks of ``_CHUNK`` patterns."""
-    for start in range(0, positions.shape[0], _CHUNK):
-        sl = slice(start, min(start + _CHUNK, positions.shape[0]))
-        pos_t = torch.from_numpy(positions[sl]).to(obj_t.device)[None]
-        yield sl, extract_patches(obj_t, pos_t, n)[0]
+def _smooth_step(t: np.ndarray) -> np.ndarray:
+    """C-infinity step from 0 (``t <= 0``) to 1 (``t >= 1``): ``e(t) / (e(t) + e(1 - t))`` with
+    ``e(t) = exp(-1/t)`` (the Planck-taper transition); its spectrum decays faster than any
+    power, so the taper adds no measurable power near the Nyquist frequency."""
+    t = np.clip(np.asarray(t, dtype=np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore", over="ignore"):
+        a = np.where(t > 0, np.exp(-1.0 / np.where(t > 0, t, 1.0)), 0.0)
+        b = np.where(t < 1, np.exp(-1.0 / np.where(t < 1, 1.0 - t, 1.0)), 0.0)
+    return a / (a + b)
+
+
+def _shift_taper(n: int, pad: int) -> np.ndarray:
+    """Periodic taper ``(L,)``, ``L = n + 2 pad``: 1 on crop pixels ``pad - 1 .. pad + n`` (the
+    window plus one pixel each side, which covers every point ``j + f``, ``0 <= f < 1``, the shift
+    evaluates), falling smoothly to 0 at the periodic junction between pixels ``L - 1`` and 0."""
+    length = n + 2 * pad
+    j = np.arange(length, dtype=np.float64)
+    dist = np.minimum(j + 0.5, length - 0.5 - j)  # distance from the periodic junction
+    return _smooth_step(dist / (pad - 0.5))
+
+
+def _fourier_shift_axis(crop: torch.Tensor, frac: torch.Tensor, dim: int,
+                        taper: torch.Tensor) -> torch.Tensor:
+    """Band-limited translation along ``dim`` (-2 or -1): ``out[j] = g(j + frac)``.
+
+    ``g`` is the trigonometric interpolant of ``taper * crop`` along ``dim`` (period ``L``), i.e.
+    the spectrum is multiplied by ``exp(2 pi i k frac)`` (``k`` in cycles/px).  For even ``L`` the
+    Nyquist bin gets ``cos(pi frac)``, the real-preserving (minimum-norm) choice.
+
+    Parameters
+    ----------
+    crop : complex64 ``(m, A, B)``
+    frac : float64 ``(m,)``
+        Shift in px (``0 <= frac < 1``).
+    dim : -2 or -1
+    taper : float64 ``(L,)``, ``L = crop.shape[dim]``
+
+    Returns
+    -------
+    complex64 ``(m, A, B)``
+    """
+    length = crop.shape[dim]
+    k = torch.fft.fftfreq(length, dtype=torch.float64, device=crop.device)
+    phase = (2.0 * math.pi) * frac[:, None] * k[None, :]  # (m, L)
+    ramp = torch.polar(torch.ones_like(phase), phase)
+    if length % 2 == 0:
+        ramp[:, length // 2] = torch.cos(math.pi * frac).to(ramp.dtype)
+    ramp = ramp.to(torch.complex64)
+    if dim == -2:
+        ramp, win = ramp[:, :, None], taper[:, None]
+    else:
+        ramp, win = ramp[:, None, :], taper[None, :]
+    spec = torch.fft.fft(crop * win.to(torch.float32), dim=dim)
+    return torch.fft.ifft(spec * ramp, dim=dim)
+
+
+def _exact_patch_chunks(obj: np.ndarray, positions: np.ndarray, n: int,
+                        device: str | torch.device):
+    """Yield ``(slice, patches (m, N, N) complex64 on device)`` over the scan in chunks.
+
+    See :func:`extract_patches_exact` for the method.
+    """
+    pad = _SHIFT_PAD_PX
+    length = n + 2 * pad
+    starts = window_starts(torch.from_numpy(np.asarray(positions, dtype=np.float64)), n).numpy()
+    i0 = np.floor(starts).astype(np.int64)
+    frac = starts - i0  # in [0, 1), exactly 0 for integer starts
+    # The crops (window + pad on each side) of windows near the object edge leave the object:
+    # pad the object by reflection for the crops only (never stored; those few pixels are unknown
+    # anyway).  The window itself, plus the one pixel the shift reaches, must lie inside.
+    hy, wx = obj.shape
+    lo = int(max(0, pad - int(i0.min(initial=pad))))
+    hi_y = int(max(0, int(i0[:, 0].max(initial=0)) - pad + length - hy))
+    hi_x = int(max(0, int(i0[:, 1].max(initial=0)) - pad + length - wx))
+    if lo or hi_y or hi_x:
+        obj = np.pad(obj, ((lo, hi_y), (lo, hi_x)), mode="reflect")
+    obj_t = torch.from_numpy(np.ascontiguousarray(obj, dtype=np.complex64)).to(device)
+    taper = torch.from_numpy(_shift_taper(n, pad)).to(device)
+    ar = torch.arange(length, device=device)
+    chunk = max(1, min(_CHUNK, _SHIFT_CHUNK_ELEMENTS // (length * length)))
+    for start in range(0, positions.shape[0], chunk):
+        sl = slice(start, min(start + chunk, positions.shape[0]))
+        base = torch.from_numpy(i0[sl] - pad + lo).to(device)  # crop origin in the padded object
+        fy = torch.from_numpy(frac[sl, 0]).to(device)
+        fx = torch.from_numpy(frac[sl, 1]).to(device)
+        rows = base[:, 0, None] + ar
+        cols = base[:, 1, None] + ar
+        crop = obj_t[rows[:, :, None], cols[:, None, :]]  # (m, L, L)
+        # rows: shift only the crops with a fractional part (integer parts stay exact copies)
+        out_y = crop[:, pad:pad + n, :].clone()  # (m, N, L)
+        sel = torch.nonzero(fy != 0).flatten()
+        if sel.numel():
+            out_y[sel] = _fourier_shift_axis(crop[sel], fy[sel], -2, taper)[:, pad:pad + n, :]
+        # columns
+        out = out_y[:, :, pad:pad + n].clone()  # (m, N, N)
+        sel = torch.nonzero(fx != 0).flatten()
+        if sel.numel():
+            out[sel] = _fourier_shift_axis(out_y[sel], fx[sel], -1, taper)[:, :, pad:pad + n]
+        yield sl, out
+
+
+def extract_patches_exact(obj: np.ndarray, positions_px: np.ndarray, size: int,
+                          device: str | torch.device = "cpu") -> np.ndarray:
+    """Cut ``size x size`` windows out of an object with exact (band-limited) sub-pixel shifts.
+
+    The simulator's translation operator.  For every window the start ``s = p - size/2``
+    (:func:`ptypinn.physics.window_starts`) is split into ``i0 = floor(s)`` and ``f = s - i0``;
+    a crop of ``size + 2 * 16`` px around the integer window is cut exactly, multiplied by a smooth
+    periodic taper that is 1 on the window plus one pixel and falls to 0 over the 16 px margin,
+    and translated by ``f`` with a Fourier phase ramp, one axis at a time; the central window is
+    kept.  Pixel ``j`` of a window then holds the object's band-limited interpolant at
+    ``s + j`` -- the same sampling convention as :func:`ptypinn.physics.extract_patches`, without
+    its bilinear smoothing.  An axis with ``f == 0`` is an exact copy (integer positions give
+    exactly the plain slice ``obj[i0:i0+size, ...]``).  Accuracy: ~1e-5 relative for objects
+    band-limited below ~0.4 cycles/px; content near Nyquist is interpolated from the crop only.
+    Near the object edge, where the crop leaves the object, the object is extended by reflection
+    for the crop only.
+
+    Parameters
+    ----------
+    obj : complex ``(Hy, Wx)``
+        Object (cast to complex64).
+    positions_px : float ``(M, 2)``
+        Window centres ``(y, x)`` in object pixels; every window must lie inside the object, with
+        one more pixel along an axis where the start is fractional (``0 <= p - size/2`` and
+        ``ceil(p - size/2) + size <= shape``, as for ``physics.extract_patches``).
+    size : int
+        Window size ``N`` (px).
+    device : torch device for the FFTs.
+
+    Returns
+    -------
+    complex64 ``(M, N, N)``
+    """
+    obj = np.asarray(obj)
+    if obj.ndim != 2:
+        raise ValueError(f"obj: expected shape (Hy, Wx), got {obj.shape}")
+    pos = np.asarray(positions_px, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 2:
+        raise ValueError(f"positions_px: expected shape (M, 2), got {pos.shape}")
+    n = int(size)
+    starts = pos - n / 2.0
+    if pos.shape[0] and (starts.min() < 0 or np.any(np.ceil(starts).max(axis=0) + n
+                                                     > np.asarray(obj.shape))):
+        raise ValueError(f"positions_px: expected windows of {n} px (plus one pixel) inside the "
+                         f"object {obj.shape}, got window starts in "
+                         f"[{starts.min(axis=0).tolist()}, {starts.max(axis=0).tolist()}]")
+    out = np.empty((pos.shape[0], n, n), dtype=np.complex64)
+    with torch.no_grad():
+        for sl, patches in _exact_patch_chunks(obj, pos, n, device):
+            out[sl] = patches.cpu().numpy()
+    return out
 
 
 def _simulate(
@@ -366,14 +523,13 @@ def _simulate(
         raise ValueError(f"simulation.scan_step_px: expected a scan with at least one position "
                          f"in a {obj.shape} object, got none")
     photons = cfg.photons_per_pattern
-    obj_t = torch.from_numpy(obj).to(device)[None]  # (1, Hy, Wx)
     probe_t = torch.from_numpy(probe).to(device)
 
     # one pass of the forward model; totals reduced in float64
     counts = np.empty((positions.shape[0], n, n), dtype=np.float32)
     totals = np.empty(positions.shape[0], dtype=np.float64)
     with torch.no_grad():
-        for sl, patches in _patch_chunks(obj_t, positions, n):
+        for sl, patches in _exact_patch_chunks(obj, positions, n, device):
             intensity = predicted_intensity(probe_t, patches)
             totals[sl] = intensity.to(torch.float64).sum(dim=(-2, -1)).cpu().numpy()
             counts[sl] = intensity.cpu().numpy()
@@ -403,6 +559,7 @@ def _simulate(
         "scan_kind": cfg.scan_kind,
         "scan_step_px": float(cfg.effective_step_px),
         "probe_radius_px": float(cfg.probe_radius_px),
+        "subpixel_shift": "fourier",
     }
     if photons is None:
         meta["nominal_photons_per_pattern"] = NOMINAL_PHOTONS_PER_PATTERN
