@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ptypinn.config import SimulationConfig, from_dict
-from ptypinn.workflows.demo import _DEMO
+from ptypinn.workflows.demo import DEMO_SETTINGS
 from ptypinn.simulate import simulate_scan
 from ptypinn.workflows.studies import run_study
 from ptypinn.workflows.study_results import collect_results
@@ -44,7 +44,7 @@ PRESETS = {
 
 
 def base_config(preset: str) -> dict:
-    cfg = copy.deepcopy(_DEMO)
+    cfg = copy.deepcopy(DEMO_SETTINGS)
     p = PRESETS[preset]
     for section in ("simulation", "model", "train"):
         cfg[section].update(p.get(section, {}))

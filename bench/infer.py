@@ -30,12 +30,9 @@ import time
 import numpy as np
 import torch
 
-from ptypinn.pinn.bundle import Bundle
-from ptypinn.config import Config, InferConfig, from_dict
-from ptypinn.data import ScanData, amplitude_scale
-from ptypinn.pinn.infer import reconstruct
+from ptypinn import Bundle, ScanData, load_config, reconstruct, simulate_scan
+from ptypinn.config import InferConfig
 from ptypinn.pinn.models import build_model
-from ptypinn.simulate import simulate_scan
 
 
 def machine() -> str:
@@ -46,7 +43,7 @@ def machine() -> str:
 
 
 def make_scan(n_patterns: int, seed: int = 0) -> ScanData:
-    base = simulate_scan(from_dict(Config, {"simulation": {
+    base = simulate_scan(load_config({"simulation": {
         "object_size_px": 128, "probe_size_px": 64, "probe_radius_px": 16.0,
         "scan_step_px": 8.0, "photons_per_pattern": 1e6, "seed": seed}}).simulation)
     rng = np.random.default_rng(seed)
@@ -58,13 +55,10 @@ def make_scan(n_patterns: int, seed: int = 0) -> ScanData:
 
 
 def make_bundle(scan: ScanData, gridsize: int, device: str) -> Bundle:
-    cfg = from_dict(Config, {"grouping": {"gridsize": gridsize}})
+    cfg = load_config({"grouping": {"gridsize": gridsize}})
     torch.manual_seed(0)
-    model = build_model(cfg.model, torch.from_numpy(scan.probe),
-                        amplitude_scale(scan.counts[:1000]), gridsize**2).eval().to(device)
-    manifest = {"amplitude_scale": float(model.amplitude_scale), "group_size": gridsize**2,
-                "pattern_size": scan.pattern_size}
-    return Bundle(model=model, config=cfg, manifest=manifest)
+    model = build_model(cfg.model, torch.from_numpy(scan.probe), gridsize**2).to(device)
+    return Bundle.create(model, cfg)
 
 
 def run_once(n: int, batch: int, gridsize: int, device: str, amp: bool,
@@ -95,8 +89,7 @@ def train_throughput(device: str, gridsize: int, steps: int = 20, batch: int = 1
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     c = gridsize**2
     counts = torch.from_numpy(scan.counts[: batch * c]).view(batch, c, 64, 64).to(device)
-    batch_d = {"counts": counts, "amplitudes": counts.sqrt() / float(model.amplitude_scale),
-               "offsets_px": torch.zeros(batch, c, 2, device=device)}
+    batch_d = {"counts": counts, "offsets_px": torch.zeros(batch, c, 2, device=device)}
     for i in range(steps + 3):
         if i == 3:
             if device.startswith("cuda"):

@@ -1,8 +1,8 @@
 """Reconstruction-quality benchmark of the PINN on simulated "lines" objects (the issue's target).
 
 For every cell (gridsize x photons x probe): simulate a training object and a *different* test
-object (``simulate.simulate_train_test``), train with ``train.train_model`` (the product's
-Lightning loop), reconstruct the test scan with ``infer.reconstruct`` from the saved bundle and
+object (``simulate_train_test``), train with ``train_model`` (the product's Lightning loop),
+reconstruct the test scan with ``reconstruct`` from the returned bundle and
 score the stitched object with ``metrics.evaluate`` (registration + global phase removal over the
 scanned region).  Prints machine info and a table; writes ``OUTDIR/quality.json``.
 
@@ -15,12 +15,17 @@ the probe estimate of ``/work/shared/data/siemens-star-small.npz.bz2`` (128 x 12
 power, second-moment radius 28.8 px); the simulation rescales it to the requested photons.
 
 Stitching uses ``infer``'s default crop, the square inscribed in the probe footprint
-(:func:`ptypinn.pinn.infer.default_crop_px`: 24 px for the r = 16 disk, 42 px for the cropped
+(:func:`ptypinn.stitch.default_crop_px`: 24 px for the r = 16 disk, 42 px for the cropped
 experimental probe); ``--crop N`` overrides it.
 
 Run::
 
     .venv/bin/python bench/quality.py --preset cpu --gridsize 2 --photons 1e9 1e6 -o /tmp/q
+
+Every cell runs once per ``--seeds`` entry (simulation and training seed; default 1 2 3) and the
+final table gives mean ± std over them, with the truth-free data NLL per pixel and the same minus
+the ground truth's own NLL beside the truth-based scores.  ``--object grf`` runs the second object
+family (defaults must not be tuned on the test object's truth alone).
 """
 
 from __future__ import annotations
@@ -37,14 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptypinn import io
-from ptypinn.pinn.bundle import load_bundle
+from ptypinn import data_nll, evaluate, io, reconstruct, simulate_train_test, train_model
 from ptypinn.config import (Config, GroupingConfig, InferConfig, ModelConfig, SimulationConfig,
                             TrainConfig)
-from ptypinn.pinn.infer import reconstruct
-from ptypinn.metrics import evaluate
-from ptypinn.simulate import simulate_train_test
-from ptypinn.pinn.train import train_model
 
 EXPERIMENTAL_PROBE = "/work/shared/data/siemens-star-small.npz.bz2"
 N_PX = 64
@@ -115,12 +115,13 @@ def run_cell(cfg: Config, probe_file: np.ndarray | None, out: Path,
             cfg.grouping, n_groups=groups_per_pattern * train.n_patterns,
             allow_oversampling=True))
     res = train_model(cfg, train, out / "run")
-    bundle = load_bundle(res.bundle_dir)
+    bundle = res.bundle
     icfg = cfg.infer
     if crop != "default":
         icfg = dataclasses.replace(icfg, crop_px=int(crop))
     recon = reconstruct(bundle, test, icfg)
     m = evaluate(recon.object, test.object_true, mask=recon.covered)
+    truth_nll = float(np.mean(data_nll(test.object_true, test)))
     io.save_npz(out / "reconstruction.npz", {"object": recon.object, "covered": recon.covered,
                                              "truth": test.object_true})
     return {
@@ -139,6 +140,9 @@ def run_cell(cfg: Config, probe_file: np.ndarray | None, out: Path,
         "test_patterns": test.n_patterns,
         "crop_px": recon.crop_px,
         "nll_per_pixel": float(np.mean(recon.nll_per_pattern)),
+        "truth_nll_per_pixel": truth_nll,
+        "nll_minus_truth": float(np.mean(recon.nll_per_pattern)) - truth_nll,
+        "phase_sync_applied": recon.phase_sync_applied,
         "cell_s": time.perf_counter() - t0,
         "metrics": m,
     }
@@ -161,6 +165,21 @@ def _fmt(v: Any, spec: str) -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+AGG_KEYS = [("amp_ssim", "amp SSIM", ".3f"), ("amp_pearson", "amp r", ".3f"),
+            ("phase_ssim", "phase SSIM", ".3f"), ("phase_pearson", "phase r", ".3f"),
+            ("mean_ratio", "mean ratio", ".3f"), ("nll_per_pixel", "NLL/px", ".3f"),
+            ("nll_minus_truth", "NLL-truth", ".4f"), ("train_s", "train s", ".0f"),
+            ("epochs", "epochs", ".0f")]
+
+
+def _mean_std(values: list[float], spec: str) -> str:
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    if v.size == 0:
+        return "n/a"
+    return f"{format(v.mean(), spec)} ± {format(v.std(), spec)}" if v.size > 1 \
+        else format(v.mean(), spec)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -168,14 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gridsize", type=int, nargs="+", default=[2])
     parser.add_argument("--probe", choices=["ideal", "experimental"], nargs="+",
                         default=["ideal"])
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--object", choices=["lines", "grf"], default="lines",
+                        help="object family of the train and test objects")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
+                        help="each seed sets the simulation (objects, positions, noise) and the "
+                             "training seed; tables show mean ± std over seeds")
     parser.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset")
     parser.add_argument("--max-time-s", type=float, default=None, help="override the preset")
     parser.add_argument("--width", type=int, default=None, help="override the preset")
     parser.add_argument("--depth", type=int, default=None, help="override the preset")
     parser.add_argument("--crop", default="default",
-                        help="stitching crop: 'default' (infer.default_crop_px, the square "
+                        help="stitching crop: 'default' (stitch.default_crop_px, the square "
                              "inscribed in the probe footprint) or a number of pixels")
     parser.add_argument("-o", "--outdir", default="bench_quality")
     args = parser.parse_args(argv)
@@ -187,32 +210,41 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args.accelerator)
     for k, v in info.items():
         print(f"{k:<14}: {v}")
-    print(f"preset        : {args.preset} {preset}")
+    print(f"preset        : {args.preset} {preset}; object {args.object}; seeds {args.seeds}")
     probe_file = None
     if "experimental" in args.probe:
         probe_file = crop_probe(io.read_scan(EXPERIMENTAL_PROBE).probe, N_PX)
     rows = []
-    header = (f"{'gs':>2} {'photons':>8} {'probe':>12} {'ampSSIM':>8} {'ampR':>6} {'phSSIM':>7} "
-              f"{'mean':>6} {'train_s':>8} {'epochs':>6}")
+    cells = []
     for probe in args.probe:
         for gs in args.gridsize:
             for ph in args.photons:
-                cfg = cell_config(preset, gs, ph, probe, args.seed, args.accelerator)
-                name = f"gs{gs}_{probe}_{ph:.0e}"
-                row = run_cell(cfg, probe_file, out / name, preset["groups_per_pattern"],
-                               args.crop)
-                row["loadavg_after"] = list(os.getloadavg())
-                rows.append(row)
-                print(f"[{name}] amp SSIM {_fmt(row['amp_ssim'], '.3f')} phase SSIM "
-                      f"{_fmt(row['phase_ssim'], '.3f')} in {row['cell_s']:.0f} s", flush=True)
-                io.write_json(out / "quality.json", {"machine": info, "preset": args.preset,
-                                                     "preset_values": preset, "rows": rows})
-    print(header)
-    for r in rows:
-        print(f"{r['gridsize']:>2} {r['photons']:>8.0e} {r['probe']:>12} "
-              f"{_fmt(r['amp_ssim'], '8.3f')} {_fmt(r['amp_pearson'], '6.3f')} "
-              f"{_fmt(r['phase_ssim'], '7.3f')} {_fmt(r['mean_ratio'], '6.3f')} "
-              f"{r['train_s']:>8.0f} {r['epochs']:>6}")
+                cell_rows = []
+                for seed in args.seeds:
+                    cfg = cell_config(preset, gs, ph, probe, seed, args.accelerator)
+                    cfg = dataclasses.replace(cfg, simulation=dataclasses.replace(
+                        cfg.simulation, object_kind=args.object))
+                    name = f"{args.object}_gs{gs}_{probe}_{ph:.0e}_s{seed}"
+                    row = run_cell(cfg, probe_file, out / name, preset["groups_per_pattern"],
+                                   args.crop)
+                    row.update(seed=seed, object=args.object,
+                               loadavg_after=list(os.getloadavg()))
+                    rows.append(row)
+                    cell_rows.append(row)
+                    print(f"[{name}] amp SSIM {_fmt(row['amp_ssim'], '.3f')} phase SSIM "
+                          f"{_fmt(row['phase_ssim'], '.3f')} NLL-truth "
+                          f"{_fmt(row['nll_minus_truth'], '.4f')} in {row['cell_s']:.0f} s "
+                          f"(load {row['loadavg_after'][0]:.2f})", flush=True)
+                    io.write_json(out / "quality.json", {"machine": info, "preset": args.preset,
+                                                         "preset_values": preset, "rows": rows})
+                cells.append(((gs, ph, probe), cell_rows))
+    print(f"\n{args.object} objects, mean ± std over seeds {args.seeds}:")
+    print("| gridsize | photons | probe | " + " | ".join(h for _, h, _ in AGG_KEYS) + " |")
+    print("|" + "---|" * (3 + len(AGG_KEYS)))
+    for (gs, ph, probe), cr in cells:
+        print(f"| {gs} | {ph:.0e} | {probe} | "
+              + " | ".join(_mean_std([r[k] for r in cr], spec) for k, _, spec in AGG_KEYS)
+              + " |")
     return 0
 
 

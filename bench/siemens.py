@@ -17,7 +17,7 @@ Steps (all numbers are printed and written to ``OUT/bench.json``):
 3. pty-chi (ePIE by default) on the (cropped) scan.  The probe shipped with the file is only a
    rough estimate: by default pty-chi also refines it (``--fixed-probe`` keeps it), and the
    refined probe is then given to the PINN and to every NLL, so both arms use the same probe.
-4. ``ptypinn reconstruct`` equivalent: ``train.train_model`` on the scan itself, then inference
+4. ``ptypinn reconstruct`` equivalent: ``train_model`` on the scan itself, then inference
    (through ``compare.run_arms``).
 5. ``compare.compare``: agreement PtyChi vs PINN (SSIM, Pearson, FRC after registration), each
    arm's data NLL, ``comparison.png``; pty-chi's object and probe are written as PNGs too.
@@ -34,16 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptypinn import io, report
-from ptypinn.pinn.bundle import load_bundle
-from ptypinn.workflows.compare import ArmResult, compare, footprint_mask, run_arms, summary_table
-from ptypinn.config import to_dict
-from ptypinn.io import load_config
-from ptypinn.data import ScanData, calibrate_probe
+from ptypinn import (ScanData, calibrate_probe, data_nll, io, load_config, reconstruct_ptychi,
+                     report, to_dict, train_model)
+from ptypinn.config import IterativeConfig
 from ptypinn.experimental import convention_variants, crop_scan, scan_centre_px
-from ptypinn.pinn.infer import data_nll
-from ptypinn.baselines.ptychi import IterativeConfig, reconstruct_ptychi
-from ptypinn.pinn.train import train_model
+from ptypinn.workflows.compare import ArmResult, compare, footprint_mask, run_arms, summary_table
 
 DEFAULT_FILE = "/work/shared/data/siemens-star-small.npz.bz2"
 
@@ -166,8 +161,7 @@ def main() -> None:
         info["pinn_train_s"] = time.perf_counter() - t0
         info["pinn_epochs_run"] = tr.epochs_run
         print(f"PINN trained {tr.epochs_run} epochs in {info['pinn_train_s']:.1f} s")
-        load_bundle(tr.bundle_dir)  # fail early on a broken bundle
-        arms += run_arms(scan, pinn=tr.bundle_dir, infer_cfg=cfg.infer)
+        arms += run_arms(scan, pinn=tr.bundle, infer_cfg=cfg.infer)
     arms.append(ArmResult(
         name="PtyChi", object=res.object,
         covered=footprint_mask(scan, arms[0].details.get("crop_px") if arms else None),

@@ -144,7 +144,8 @@ def test_compare_without_truth_reports_agreement_and_nll(measured_arms, tmp_path
     for q in ("amplitude", "phase"):
         ssim = _value(rows, "Perfect vs Worse", q, "ssim")
         r = _value(rows, "Perfect vs Worse", q, "pearson")
-        assert 0.3 < ssim < 0.999 and 0.5 < r < 1.0, (q, ssim, r)
+        # phase SSIM uses the reference arm's phase range (not 2 pi): a blurred, noisy copy scores low
+        assert 0.1 < ssim < 0.999 and 0.5 < r < 1.0, (q, ssim, r)
     nll_perfect = _value(rows, "Perfect", "data", "nll_per_pixel")
     nll_worse = _value(rows, "Worse", "data", "nll_per_pixel")
     assert nll_perfect < nll_worse

@@ -116,6 +116,10 @@ def test_generalization_subsets_and_out_of_distribution_test():
     np.testing.assert_array_equal(tr10.object_true, tr20.object_true)
     assert te10.meta["object_kind"] == "grf" and tr10.meta["object_kind"] == "lines"
     assert notes["test_object_kind"] == "grf"
+    # the out-of-distribution test scan is taken with the training beam (probe and flux), not a
+    # probe re-calibrated to the new object (SPEC lesson 9)
+    np.testing.assert_array_equal(te10.probe, tr10.probe)
+    np.testing.assert_array_equal(te20.probe, tr20.probe)
     too_big = plan_cells(*load_study(_study(kind="generalization", values=[10_000])))[0]
     with pytest.raises(ValueError, match=r"study\.values: expected training-set sizes <= \d+ "):
         simulate_cell(too_big, study, cache)

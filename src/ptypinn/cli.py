@@ -178,14 +178,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ptypinn.workflows.compare import compare, run_arms, summary_table
 
     cfg = _config(args)
-    flags = {"algorithm": args.ptychi, "iterations": args.ptychi_iterations,
+    flags = {"iterations": args.ptychi_iterations,
              "optimize_probe": True if args.ptychi_refine_probe else None}
     cfg = dataclasses.replace(cfg, iterative=dataclasses.replace(
         cfg.iterative, **{k: v for k, v in flags.items() if v is not None}))
+    engines = list(dict.fromkeys(args.ptychi or []))
+    ptychi = [dataclasses.replace(cfg.iterative, algorithm=e) for e in engines] or None
     scan = _read_scan(args.scan, args.measurement)
     out = Path(args.output)
-    arms = run_arms(scan, pinn=args.pinn, baseline=args.baseline,
-                    ptychi=cfg.iterative if args.ptychi else None, infer_cfg=cfg.infer)
+    arms = run_arms(scan, pinn=args.pinn, baseline=args.baseline, ptychi=ptychi,
+                    infer_cfg=cfg.infer)
     _log_to_file(out)
     _write_config(out, cfg)
     print(summary_table(compare(scan, arms, out)))
@@ -271,9 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(c, config_positional=False)
     c.add_argument("--pinn", help="PINN run or bundle directory")
     c.add_argument("--baseline", help="supervised-baseline run or bundle directory")
-    c.add_argument("--ptychi", choices=list(PTYCHI_ENGINES),
-                   help="also run pty-chi with this engine (needs ptypinn[iterative]); its other "
-                   "settings come from the config's iterative section")
+    c.add_argument("--ptychi", choices=list(PTYCHI_ENGINES), nargs="+", metavar="ENGINE",
+                   help="also run pty-chi with this engine, or several (e.g. epie lsqml: the one "
+                   f"with the lowest data NLL is kept); one of {list(PTYCHI_ENGINES)}; needs "
+                   "ptypinn[iterative]; other settings from the config's iterative section")
     c.add_argument("--ptychi-iterations", type=int, default=None, metavar="N",
                    help="pty-chi epochs (default: iterative.iterations, 100)")
     c.add_argument("--ptychi-refine-probe", action="store_true",

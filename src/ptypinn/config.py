@@ -92,25 +92,25 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         s = "simulation"
         require(self.probe_size_px in (32, 64, 128, 256), f"{s}.probe_size_px",
-                 "one of 32, 64, 128, 256", self.probe_size_px)
+                "one of 32, 64, 128, 256", self.probe_size_px)
         require(self.object_size_px >= self.probe_size_px + 2, f"{s}.object_size_px",
-                 f">= probe_size_px + 2 ({self.probe_size_px + 2})", self.object_size_px)
+                f">= probe_size_px + 2 ({self.probe_size_px + 2})", self.object_size_px)
         require(0 < self.probe_radius_px <= self.probe_size_px / 2, f"{s}.probe_radius_px",
-                 f"in (0, {self.probe_size_px / 2}]", self.probe_radius_px)
+                f"in (0, {self.probe_size_px / 2}]", self.probe_radius_px)
         require(self.scan_step_px > 0, f"{s}.scan_step_px", "> 0", self.scan_step_px)
         require(self.overlap_fraction is None or 0 <= self.overlap_fraction < 1,
-                 f"{s}.overlap_fraction", "None or in [0, 1)", self.overlap_fraction)
+                f"{s}.overlap_fraction", "None or in [0, 1)", self.overlap_fraction)
         require(self.photons_per_pattern is None or self.photons_per_pattern > 0,
-                 f"{s}.photons_per_pattern", "None (noise-free) or > 0", self.photons_per_pattern)
+                f"{s}.photons_per_pattern", "None (noise-free) or > 0", self.photons_per_pattern)
         lo, hi = self.object_amplitude_range
         require(0 < lo <= hi, f"{s}.object_amplitude_range", "0 < low <= high", (lo, hi))
         require(self.object_kind != "image" or self.image_path, f"{s}.image_path",
-                 "a file path when object_kind is 'image'", self.image_path)
+                "a file path when object_kind is 'image'", self.image_path)
         require(self.probe_kind != "file" or self.probe_file, f"{s}.probe_file",
-                 "a file path when probe_kind is 'file'", self.probe_file)
+                "a file path when probe_kind is 'file'", self.probe_file)
         require(self.scan_jitter_px >= 0, f"{s}.scan_jitter_px", ">= 0", self.scan_jitter_px)
         require(self.n_random_positions > 0, f"{s}.n_random_positions", "> 0",
-                 self.n_random_positions)
+                self.n_random_positions)
 
     @property
     def effective_step_px(self) -> float:
@@ -134,9 +134,9 @@ class GroupingConfig:
         s = "grouping"
         require(self.gridsize in (1, 2, 3), f"{s}.gridsize", "1, 2 or 3", self.gridsize)
         require(self.k_neighbors >= self.gridsize**2 - 1, f"{s}.k_neighbors",
-                 f">= gridsize**2 - 1 ({self.gridsize**2 - 1})", self.k_neighbors)
+                f">= gridsize**2 - 1 ({self.gridsize**2 - 1})", self.k_neighbors)
         require(self.n_groups is None or self.n_groups > 0, f"{s}.n_groups", "None or > 0",
-                 self.n_groups)
+                self.n_groups)
 
     @property
     def group_size(self) -> int:
@@ -200,7 +200,26 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class InferConfig:
-    """Streaming inference and stitching."""
+    """Streaming inference and stitching.
+
+    Attributes
+    ----------
+    batch_size : int
+        Patterns per network batch.
+    crop_px : int or None
+        Central crop (px) of every patch used for stitching; None: the square inscribed in the
+        probe footprint (:func:`ptypinn.stitch.default_crop_px`).
+    mixed_precision : bool
+        bf16 autocast for the network.
+    device : str
+        ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:k``.
+    phase_sync : bool
+        Synchronize the patches' constant phases before stitching, and keep the result only
+        when it lowers the data NLL (the same truth-free rule for every network arm).
+    phase_sync_reg : float or None
+        Relative Tikhonov weight of the phase solve; None: 0 for gridsize > 1, 0.01 for
+        gridsize 1 (:func:`ptypinn.pinn.infer.phase_sync_reg`).
+    """
 
     batch_size: int = 256
     crop_px: int | None = None
@@ -212,9 +231,9 @@ class InferConfig:
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "infer.batch_size", ">= 1", self.batch_size)
         require(self.phase_sync_reg is None or self.phase_sync_reg >= 0,
-                 "infer.phase_sync_reg", "None or >= 0", self.phase_sync_reg)
+                "infer.phase_sync_reg", "None or >= 0", self.phase_sync_reg)
         require(self.crop_px is None or self.crop_px >= 1, "infer.crop_px", "None or >= 1",
-                 self.crop_px)
+                self.crop_px)
 
 
 @dataclass(frozen=True)

@@ -484,7 +484,7 @@ def extract_patches_exact(obj: np.ndarray, positions_px: np.ndarray, size: int,
     if pos.ndim != 2 or pos.shape[1] != 2:
         raise ValueError(f"positions_px: expected shape (M, 2), got {pos.shape}")
     n = int(size)
-    starts = pos - n / 2.0
+    starts = window_starts(pos, n)
     if pos.shape[0] and (starts.min() < 0 or np.any(np.ceil(starts).max(axis=0) + n
                                                      > np.asarray(obj.shape))):
         raise ValueError(f"positions_px: expected windows of {n} px (plus one pixel) inside the "
@@ -578,12 +578,15 @@ def simulate_scan(
     obj: np.ndarray | None = None,
     probe_from_file: np.ndarray | None = None,
     image: np.ndarray | None = None,
+    calibrated_probe: np.ndarray | None = None,
     device: str | torch.device = "cpu",
 ) -> ScanData:
     """Simulate one scan: object, probe, positions, expected counts and Poisson noise.
 
     The probe is scaled (one scalar) so that the mean expected total counts per pattern equal
-    ``photons_per_pattern`` (``NOMINAL_PHOTONS_PER_PATTERN`` and no noise when it is None).
+    ``photons_per_pattern`` (``NOMINAL_PHOTONS_PER_PATTERN`` and no noise when it is None) --
+    unless ``calibrated_probe`` is given: that beam is used as it is, so a test scan of another
+    object keeps a trained model's probe and flux (SPEC lesson 9).
 
     Parameters
     ----------
@@ -596,6 +599,8 @@ def simulate_scan(
         The probe for ``probe_kind='file'``.
     image : real ``(H, W)``, optional
         The image for ``object_kind='image'``.
+    calibrated_probe : complex ``(N, N)`` or ``(modes, N, N)`` in photon units, optional
+        Use this beam unchanged (e.g. the training scan's ``probe``); ``probe_kind`` is ignored.
     device : torch device for the forward model (the noise is drawn on the CPU with numpy).
 
     Returns
@@ -605,6 +610,13 @@ def simulate_scan(
         ``probe`` in photon units, ``object_true``, ``meta`` (seed, dose, kinds, provenance).
     """
     seed = cfg.seed if seed is None else int(seed)
+    if calibrated_probe is not None:
+        probe = np.asarray(calibrated_probe, dtype=np.complex64)
+        if probe.shape[-1] != cfg.probe_size_px:
+            raise ValueError(f"calibrated_probe: expected size {cfg.probe_size_px} "
+                             f"(simulation.probe_size_px), got shape {probe.shape}")
+        return _simulate(cfg, seed, obj, probe, True, image, device,
+                         {"dose_reference": "given probe"})
     probe = make_probe(cfg, probe_from_file)
     return _simulate(cfg, seed, obj, probe, False, image, device, {})
 

@@ -7,7 +7,10 @@ once.  Only one batch of patterns and the two stitching canvases live on the dev
 
 With ``infer.phase_sync`` (the default) a first pass computes, chunk by chunk, the phase of every
 patch relative to its overlapping neighbours and solves for one constant phase per patch that
-makes them agree (:func:`ptypinn.stitch.synchronize_phases`); the stitching pass then applies it.
+makes them agree (:func:`ptypinn.stitch.synchronize_phases`); the stitching pass stitches the
+patches both with and without those offsets, and the synchronized object is kept only if it
+lowers the data NLL (a truth-free rule, the same for every network arm; measured in
+``docs/benchmarks.md``).
 The network runs about twice per pattern (the first pass recomputes patches instead of keeping
 them, so memory stays bounded).  Without it, each patch keeps the constant phase the network gave
 it, and their scatter blurs the stitched phase (see :mod:`ptypinn.stitch`).
@@ -54,7 +57,11 @@ class Reconstruction:
     wall_time_s : float; inference + stitching (excludes the NLL pass).
     crop_px : int; central crop of every patch used for stitching.
     phase_offsets_rad : float64 ``(n,)``; the constant phase added to each pattern's patch by
-        phase synchronization before stitching (zeros when ``infer.phase_sync`` is off).
+        phase synchronization before stitching (zeros when it was not applied).
+    phase_sync_applied : bool; whether the synchronized object was kept (it is kept only when
+        it lowers the data NLL, the same truth-free rule for every network arm).
+    nll_without_sync : float or None; mean data NLL per pixel of the unsynchronized object
+        (None when ``infer.phase_sync`` is off).
     """
 
     object: np.ndarray
@@ -63,6 +70,8 @@ class Reconstruction:
     wall_time_s: float
     crop_px: int
     phase_offsets_rad: np.ndarray
+    phase_sync_applied: bool = False
+    nll_without_sync: float | None = None
 
     @property
     def patterns_per_s(self) -> float:
@@ -142,13 +151,20 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig) -> Reconstruct
                                        reg=phase_sync_reg(cfg, bundle.group_size))
         rot = torch.polar(torch.ones(scan.n_patterns), torch.from_numpy(theta).float())
         positions = torch.from_numpy(scan.positions_px)
-        stitcher = Stitcher(scan.object_shape_px, n, crop_px=crop, device=device)
+        synced = Stitcher(scan.object_shape_px, n, crop_px=crop, device=device)
+        # the unsynchronized object from the same patches (one more canvas pair, no network pass)
+        raw = Stitcher(scan.object_shape_px, n, crop_px=crop, device=device) if cfg.phase_sync \
+            else None
         all_rows = np.arange(scan.n_patterns)
         for start in range(0, scan.n_patterns, cfg.batch_size):
             rows = all_rows[start:start + cfg.batch_size]
-            patches = seed_patches(rows) * rot[rows].to(device)[:, None, None]
-            stitcher.add(patches, positions[rows].to(device))
-        obj, covered = stitcher.result()
+            patches = seed_patches(rows)
+            pos = positions[rows].to(device)
+            synced.add(patches * rot[rows].to(device)[:, None, None], pos)
+            if raw is not None:
+                raw.add(patches, pos)
+        obj, covered = synced.result()
+        obj_raw = raw.result()[0] if raw is not None else None
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
@@ -166,7 +182,19 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig) -> Reconstruct
         ) from None
     # pixels no (cropped) patch reached are unknown, not opaque: score them as free space (1)
     nll = data_nll(np.where(covered, obj, 1), scan, batch_size=cfg.batch_size, device=device)
+    applied, nll_raw_mean = False, None
+    if obj_raw is not None:
+        # one truth-free rule for every arm: keep the synchronization only if the data agree
+        nll_raw = data_nll(np.where(covered, obj_raw, 1), scan, batch_size=cfg.batch_size,
+                           device=device)
+        nll_raw_mean = float(np.mean(nll_raw))
+        applied = float(np.mean(nll)) < nll_raw_mean
+        log.info("phase synchronization %s: data NLL/px %.4f with, %.4f without",
+                 "kept" if applied else "dropped", float(np.mean(nll)), nll_raw_mean)
+        if not applied:
+            obj, nll, theta = obj_raw, nll_raw, np.zeros(scan.n_patterns)
     log.info("reconstructed %d patterns in %.2f s (%.0f patterns/s) on %s",
              scan.n_patterns, wall, scan.n_patterns / wall, device)
     return Reconstruction(object=obj, covered=covered, nll_per_pattern=nll, wall_time_s=wall,
-                          crop_px=crop, phase_offsets_rad=theta)
+                          crop_px=crop, phase_offsets_rad=theta, phase_sync_applied=applied,
+                          nll_without_sync=nll_raw_mean)

@@ -42,7 +42,7 @@ import os
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -53,7 +53,7 @@ from ptypinn.data import ScanData
 from ptypinn.physics import data_nll
 from ptypinn.pinn.bundle import Bundle, load_bundle
 from ptypinn.pinn.infer import reconstruct, resolve_device
-from ptypinn.metrics import AlignedPair, align, evaluate, frc, metrics_long_rows
+from ptypinn.metrics import align, evaluate, frc_interior, metrics_long_rows
 
 
 __all__ = ["ArmResult", "footprint_mask", "run_arms", "compare", "summary_table"]
@@ -121,7 +121,7 @@ def _network(source: str | os.PathLike | Bundle, kind: str) -> tuple[str, Bundle
 
 def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
              baseline: str | os.PathLike | Bundle | None = None,
-             ptychi: IterativeConfig | None = None,
+             ptychi: IterativeConfig | Sequence[IterativeConfig] | None = None,
              infer_cfg: InferConfig = InferConfig()) -> list[ArmResult]:
     """Reconstruct ``scan`` with each requested arm, in the order PINN, Baseline, PtyChi.
 
@@ -135,10 +135,12 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
     pinn, baseline : Bundle or path, optional
         Bundles (in memory, or bundle/run directories) whose ``model.kind`` is ``pinn`` /
         ``baseline``.
-    ptychi : IterativeConfig, optional
-        Run pty-chi with these settings (the ``iterative`` config section).  With
-        ``optimize_probe`` its data NLL is computed with its own refined probe (recorded in
-        ``details['probe']``); the network arms keep the scan's probe.
+    ptychi : IterativeConfig or sequence of them, optional
+        Run pty-chi with these settings (the ``iterative`` config section).  With several (e.g.
+        ePIE and LSQML), each runs and the one with the lowest data NLL -- a truth-free choice --
+        is the ``PtyChi`` arm; ``details['candidates']`` keeps every engine's NLL, epochs and
+        time.  With ``optimize_probe`` the data NLL is computed with pty-chi's own refined probe
+        (recorded in ``details['probe']``); the network arms keep the scan's probe.
     infer_cfg : InferConfig
         Batch size, crop, precision and device of the network arms; the crop also defines
         pty-chi's covered region.
@@ -168,23 +170,36 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
             name=ARM_LABELS[kind], object=rec.object, covered=rec.covered,
             wall_time_s=rec.wall_time_s, patterns_per_s=rec.patterns_per_s,
             nll_per_pixel=float(np.mean(rec.nll_per_pattern)),
-            details={"bundle": where, "crop_px": rec.crop_px}))
+            details={"bundle": where, "crop_px": rec.crop_px,
+                     "phase_sync_applied": rec.phase_sync_applied,
+                     "nll_per_pixel_without_sync": rec.nll_without_sync}))
         log.info("%s: %.2f s (%.0f patterns/s)", ARM_LABELS[kind], rec.wall_time_s,
                  rec.patterns_per_s)
     if ptychi is not None:
-        res = reconstruct_ptychi(scan, ptychi)
-        own = scan.replace(probe=res.probe) if ptychi.optimize_probe else scan
-        nll = data_nll(res.object, own, batch_size=infer_cfg.batch_size,
-                       device=resolve_device(infer_cfg.device))
+        configs = [ptychi] if isinstance(ptychi, IterativeConfig) else list(ptychi)
+        candidates = []
+        for it_cfg in configs:
+            res = reconstruct_ptychi(scan, it_cfg)
+            own = scan.replace(probe=res.probe) if it_cfg.optimize_probe else scan
+            nll = float(np.mean(data_nll(res.object, own, batch_size=infer_cfg.batch_size,
+                                         device=resolve_device(infer_cfg.device))))
+            log.info("PtyChi %s: %d epochs, %.1f s, data NLL/px %.4f", res.algorithm,
+                     res.iterations, res.wall_time_s, nll)
+            candidates.append((nll, it_cfg, res))
+        nll, it_cfg, res = min(candidates, key=lambda c: c[0] if math.isfinite(c[0]) else math.inf)
         wall = res.wall_time_s
         arms.append(ArmResult(
             name=ARM_LABELS["ptychi"], object=res.object,
             covered=footprint_mask(scan, infer_cfg.crop_px), wall_time_s=wall,
             patterns_per_s=scan.n_patterns / wall if wall > 0 else math.nan,
-            nll_per_pixel=float(np.mean(nll)),
+            nll_per_pixel=nll,
             details={"algorithm": res.algorithm, "iterations": res.iterations,
-                     "probe": "refined" if ptychi.optimize_probe else "fixed",
-                     "final_loss": res.loss_history[-1] if res.loss_history else None}))
+                     "probe": "refined" if it_cfg.optimize_probe else "fixed",
+                     "final_loss": res.loss_history[-1] if res.loss_history else None,
+                     "candidates": {c[2].algorithm: {"nll_per_pixel": c[0],
+                                                     "iterations": c[2].iterations,
+                                                     "wall_time_s": c[2].wall_time_s}
+                                    for c in candidates}}))
     return arms
 
 
@@ -210,24 +225,6 @@ def _check_arms(scan: ScanData, arms: list[ArmResult]) -> np.ndarray:
     if not common.any():
         raise ValueError(f"covered: expected pixels covered by every arm ({names}), got none")
     return common
-
-
-def _frc_of(pair: AlignedPair) -> dict[str, Any] | None:
-    """FRC of an aligned pair on its mask's bounding box (each image mean-free, zero off-mask),
-    as :func:`ptypinn.metrics.evaluate` computes it."""
-    m = pair.mask
-    rows = np.flatnonzero(m.any(axis=1))
-    cols = np.flatnonzero(m.any(axis=0))
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    if min(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 < 4:
-        return None
-    mb = m[box]
-
-    def prep(img: np.ndarray) -> np.ndarray:
-        sub = img[box].astype(np.complex128)
-        return np.where(mb, sub - sub[mb].mean(), 0)
-
-    return frc(prep(pair.recon), prep(pair.truth))
 
 
 def _cell(v: Any) -> str:
@@ -306,7 +303,7 @@ def compare(scan: ScanData, arms: list[ArmResult], out_dir: str | os.PathLike) -
             rows += metrics_long_rows(a.name, m)
             pair = align(a.object, truth, mask=common)
             shown[a.name] = pair.recon
-            curve = _frc_of(pair)
+            curve = frc_interior(pair.recon, pair.truth, pair.mask)
             if curve is not None:
                 curves[a.name] = curve
     else:
@@ -319,7 +316,7 @@ def compare(scan: ScanData, arms: list[ArmResult], out_dir: str | os.PathLike) -
             summary["agreement"][label] = m
             rows += metrics_long_rows(label, m)
             pair = align(b.object, a.object, mask=common)
-            curve = _frc_of(pair)
+            curve = frc_interior(pair.recon, pair.truth, pair.mask)
             if curve is not None:
                 curves[label] = curve
             if a is ref:  # every other arm registered onto the first one for the figure
@@ -382,6 +379,13 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append(line)
     if summary["ground_truth"]:
         lines.append(f"ground truth NLL/px: {summary['truth_nll_per_pixel']:.3f}")
+    for name, a in summary["arms"].items():
+        cands = a["details"].get("candidates")
+        if cands:
+            lines.append(f"{name}: best engine by data NLL: {a['details']['algorithm']} ("
+                         + "; ".join(f"{e} {c['iterations']} epochs {c['wall_time_s']:.1f} s "
+                                     f"NLL/px {_fmt(c['nll_per_pixel'])}"
+                                     for e, c in cands.items()) + ")")
     for label, m in summary.get("agreement", {}).items():
         lines.append(f"{label}: amplitude SSIM {_fmt(m['amplitude']['ssim'])} r "
                      f"{_fmt(m['amplitude']['pearson'])}; phase SSIM {_fmt(m['phase']['ssim'])} r "

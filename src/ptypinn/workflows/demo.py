@@ -18,9 +18,9 @@ from ptypinn.pinn.infer import reconstruct
 from ptypinn.workflows.outputs import write_outputs
 from ptypinn.simulate import simulate_train_test
 
-__all__ = ["demo_config", "run_demo"]
+__all__ = ["DEMO_SETTINGS", "demo_config", "run_demo"]
 
-_DEMO = {
+DEMO_SETTINGS = {
     "simulation": {"object_kind": "lines", "object_size_px": 192, "probe_kind": "disk",
                    "probe_size_px": 64, "probe_radius_px": 16.0, "scan_kind": "jittered",
                    "scan_step_px": 6.0, "photons_per_pattern": 1e9, "seed": 1},
@@ -40,7 +40,7 @@ _QUICK = {
 
 def demo_config(quick: bool = False, overrides: Sequence[str] = ()) -> Config:
     """The demo's config (``quick`` shrinks it to a seconds-long smoke run)."""
-    data: dict[str, Any] = {k: dict(v) for k, v in _DEMO.items()}
+    data: dict[str, Any] = {k: dict(v) for k, v in DEMO_SETTINGS.items()}
     if quick:
         for k, v in _QUICK.items():
             data[k].update(v)

@@ -39,6 +39,8 @@ def write_outputs(out_dir: str | Path, recon: Reconstruction, scan: ScanData,
         "patterns_per_s": recon.patterns_per_s,
         "nll_per_pixel_mean": float(np.mean(recon.nll_per_pattern)),
         "phase_sync_offsets_std_rad": float(np.std(recon.phase_offsets_rad)),
+        "phase_sync_applied": recon.phase_sync_applied,
+        "nll_per_pixel_without_sync": recon.nll_without_sync,
         **(extra or {}),
     }
     if scan.object_true is not None:

@@ -267,6 +267,7 @@ def simulate_cell(cell: Cell, study: StudyConfig, cache: dict[Any, Any]
     if key not in cache:
         cache[key] = simulate_train_test(sim, probe_from_file=probe_arr)
     train, test = cache[key]
+    beam = train.probe  # the full training scan's calibrated beam
     if cell.n_train is not None:
         if cell.n_train > train.n_patterns:
             raise ConfigError(
@@ -278,8 +279,10 @@ def simulate_cell(cell: Cell, study: StudyConfig, cache: dict[Any, Any]
         if study.test_object_kind:
             tkey = ("test", repr(sim), study.test_object_kind)
             if tkey not in cache:
+                # the training beam and flux, not a probe re-calibrated to the new object
                 cache[tkey] = simulate_scan(dataclasses.replace(
-                    sim, object_kind=study.test_object_kind, seed=sim.seed + 1))
+                    sim, object_kind=study.test_object_kind, seed=sim.seed + 1),
+                    calibrated_probe=beam)
             test = cache[tkey]
             notes["test_object_kind"] = study.test_object_kind
     return train, test, notes
@@ -304,6 +307,7 @@ def _resume_key(cell: Cell, study: StudyConfig) -> dict[str, Any]:
     return {"cell": cell.describe(), "arms": list(study.arms),
             "ptychi_iterations": study.ptychi_iterations,
             "ptychi_algorithm": study.ptychi_algorithm,
+            "ptychi_engines": list(study.engines),
             "test_object_kind": study.test_object_kind,
             "experimental_probe_path": study.experimental_probe_path}
 
@@ -363,13 +367,13 @@ def _run_cell(cell: Cell, study: StudyConfig, cell_dir: Path, cache: dict[Any, A
             record["skipped"]["PtyChi"] = why
         else:
             # the same test scan (e.g. another gridsize of one overlap step): reuse the result
-            pkey = ("ptychi", id(test), study.ptychi_algorithm, study.ptychi_iterations)
+            pkey = ("ptychi", id(test), study.engines, study.ptychi_iterations)
             try:
                 if pkey not in cache:
-                    it_cfg = dataclasses.replace(cell.config.iterative,
-                                                 algorithm=study.ptychi_algorithm,
-                                                 iterations=study.ptychi_iterations)
-                    cache[pkey] = run_arms(test, ptychi=it_cfg, infer_cfg=cell.config.infer)
+                    it_cfgs = [dataclasses.replace(cell.config.iterative, algorithm=engine,
+                                                   iterations=study.ptychi_iterations)
+                               for engine in study.engines]
+                    cache[pkey] = run_arms(test, ptychi=it_cfgs, infer_cfg=cell.config.infer)
                 else:
                     log.info("%s: PtyChi result reused (same test scan)", cell.name)
                 arms += cache[pkey]

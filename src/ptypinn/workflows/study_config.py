@@ -67,7 +67,10 @@ class StudyConfig:
     ptychi_iterations : int
         pty-chi epochs (overrides ``iterative.iterations`` of the base config).
     ptychi_algorithm : {"lsqml", "epie", "rpie", "dm"}
-        pty-chi engine (overrides ``iterative.algorithm``).
+        pty-chi engine (overrides ``iterative.algorithm``) when ``ptychi_engines`` is empty.
+    ptychi_engines : tuple of engine names
+        Run each of these pty-chi engines and keep, per cell, the one with the lowest data NLL
+        (a truth-free choice; every engine's NLL, epochs and time are recorded).
     test_object_kind : str, optional
         Generalization: object kind of the test scan (out of distribution).
     gridsizes : tuple of int
@@ -82,6 +85,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0,)
     ptychi_iterations: int = 50
     ptychi_algorithm: PtychiEngine = "epie"
+    ptychi_engines: tuple[str, ...] = ()
     test_object_kind: str | None = None
     gridsizes: tuple[int, ...] = ()
     experimental_probe_path: str | None = None
@@ -98,6 +102,10 @@ class StudyConfig:
                 self.ptychi_iterations)
         require(self.ptychi_algorithm in PTYCHI_ENGINES, f"{s}.ptychi_algorithm",
                 f"one of {list(PTYCHI_ENGINES)}", self.ptychi_algorithm)
+        require(all(e in PTYCHI_ENGINES for e in self.ptychi_engines)
+                and len(set(self.ptychi_engines)) == len(self.ptychi_engines),
+                f"{s}.ptychi_engines", f"distinct names from {list(PTYCHI_ENGINES)}",
+                list(self.ptychi_engines))
         require(all(g in (1, 2, 3) for g in self.gridsizes), f"{s}.gridsizes",
                 "values in {1, 2, 3}", list(self.gridsizes))
         require(not self.gridsizes or self.kind == "overlap", f"{s}.gridsizes",
@@ -122,6 +130,11 @@ class StudyConfig:
             require(all(float(x).is_integer() for x in v), f"{s}.values",
                     "integers (training patterns)", list(v))
             object.__setattr__(self, "values", tuple(int(x) for x in v))
+
+    @property
+    def engines(self) -> tuple[str, ...]:
+        """The pty-chi engines a cell runs (``ptychi_engines``, else ``ptychi_algorithm``)."""
+        return tuple(self.ptychi_engines) or (self.ptychi_algorithm,)
 
     @property
     def scenarios(self) -> tuple[str, ...]:
