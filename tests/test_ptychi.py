@@ -40,6 +40,13 @@ N = 64
         ({"noise_model": "student"}, "noise_model"),
         ({"step_size": 0.0}, "step_size"),
         ({"step_size": float("nan")}, "step_size"),
+        ({"until_converged": 1}, "until_converged"),
+        ({"check_every_epochs": 0}, "check_every_epochs"),
+        ({"check_every_epochs": 5.0}, "check_every_epochs"),
+        ({"convergence_rel_tol": 0.0}, "convergence_rel_tol"),
+        ({"convergence_rel_tol": -1e-3}, "convergence_rel_tol"),
+        ({"convergence_rel_tol": float("inf")}, "convergence_rel_tol"),
+        ({"convergence_rel_tol": True}, "convergence_rel_tol"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, field):
@@ -51,6 +58,26 @@ def test_config_defaults_are_valid():
     cfg = IterativeConfig()
     assert (cfg.algorithm, cfg.iterations, cfg.optimize_probe, cfg.noise_model) == (
         "epie", 100, False, "poisson")
+    assert (cfg.until_converged, cfg.check_every_epochs, cfg.convergence_rel_tol) == (
+        False, 10, 1e-3)
+
+
+def test_config_error_names_the_key():
+    with pytest.raises(ValueError, match=r"^iterative\.check_every_epochs: expected an integer "
+                                         r">= 1, got 0$"):
+        IterativeConfig(check_every_epochs=0)
+
+
+def test_stop_rule_is_relative_to_the_previous_excess_nll():
+    from ptypinn.baselines.ptychi import _stop_reason
+
+    assert _stop_reason(0.60, None, 1e-3) is None  # first check: nothing to compare with
+    assert _stop_reason(0.5990, 0.6, 1e-3) is None  # 1e-3 of 0.6 is 6e-4; 1e-3 improvement: go on
+    assert _stop_reason(0.5995, 0.6, 1e-3) == "tolerance"  # 5e-4 < 6e-4
+    assert _stop_reason(0.6001, 0.6, 1e-3) == "worse"
+    assert _stop_reason(0.0, 0.0, 1e-3) == "tolerance"  # a perfect noise-free fit stops
+    assert _stop_reason(float("nan"), 0.6, 1e-3) == "diverged"
+    assert _stop_reason(float("inf"), None, 1e-3) == "diverged"
 
 
 def test_position_mapping_formula():
@@ -88,10 +115,10 @@ def _smooth_field(rng, shape, sigma_px):
     return (f - f.min()) / (f.max() - f.min())
 
 
-def _disk_probe(radius_px: float, photons: float) -> np.ndarray:
+def _disk_probe(radius_px: float, photons: float, size_px: int = N) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
-    yy, xx = np.mgrid[:N, :N] - N / 2
+    yy, xx = np.mgrid[:size_px, :size_px] - size_px / 2
     disk = gaussian_filter((np.hypot(yy, xx) <= radius_px).astype(float), 1.0)
     probe = disk * np.exp(1j * 0.002 * (yy**2 + xx**2))  # a little curvature
     return (probe * np.sqrt(photons / np.sum(np.abs(probe) ** 2))).astype(np.complex64)
@@ -100,11 +127,12 @@ def _disk_probe(radius_px: float, photons: float) -> np.ndarray:
 def _simulate(obj: np.ndarray, probe: np.ndarray, step_px: float, seed: int) -> ScanData:
     """Raster scan over ``obj`` with Poisson counts from ``ptypinn.physics``."""
     hy, wx = obj.shape
-    ys = np.arange(N / 2, hy - N / 2 + 1e-9, step_px)
-    xs = np.arange(N / 2, wx - N / 2 + 1e-9, step_px)
+    n = probe.shape[-1]
+    ys = np.arange(n / 2, hy - n / 2 + 1e-9, step_px)
+    xs = np.arange(n / 2, wx - n / 2 + 1e-9, step_px)
     pos = np.stack(np.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
     patches = physics.extract_patches(torch.from_numpy(obj)[None], torch.from_numpy(pos)[None],
-                                      N)[0]
+                                      n)[0]
     intensity = physics.predicted_intensity(torch.from_numpy(probe), patches).numpy()
     counts = np.random.default_rng(seed).poisson(intensity.astype(np.float64)).astype(np.float32)
     return ScanData(counts=counts, positions_px=pos, probe=probe, object_true=obj,
@@ -175,6 +203,13 @@ def test_epie_reconstructs_smooth_object_and_restores_global_state():
     assert res.probe.shape == scan.probe.shape
     np.testing.assert_allclose(res.probe, scan.probe, rtol=1e-5, atol=1e-3)  # fixed probe
     assert len(res.loss_history) == 20 and res.loss_history[-1] < res.loss_history[0]
+    # a fixed-epoch run carries one NLL point, at the end
+    assert res.iterations == 20 and res.stop_reason == "fixed_epochs" and not res.converged
+    assert len(res.nll_history) == 1 and res.nll_history[0][0] == 20
+    assert res.nll_history[0][1] == res.wall_time_s
+    assert res.nll_history[0][2] == pytest.approx(float(np.mean(physics.data_nll(res.object,
+                                                                                 scan))),
+                                                  rel=1e-9)
     region = _scanned_region(scan)
     ssim, shift = _amplitude_ssim_and_shift(res.object, obj, region)
     print(f"ePIE 20 epochs: amplitude SSIM {ssim:.4f}, shift {shift}, {res.wall_time_s:.1f} s")
@@ -221,3 +256,85 @@ def test_other_engines_reconstruct(algorithm):
     print(f"{algorithm}: amplitude SSIM {ssim:.4f}, shift {shift}, {res.wall_time_s:.1f} s")
     assert ssim >= 0.9
     assert np.all(np.abs(shift) < 0.3)
+
+
+# ---------------------------------------------------------------- running to convergence
+def _small_scan() -> ScanData:
+    """81 patterns 32x32 over a 64x64 smooth object, disk probe r = 8, step 4 px, 1e5 photons."""
+    rng = np.random.default_rng(3)
+    amp = 0.5 + 0.5 * _smooth_field(rng, (64, 64), 2.0)
+    obj = (amp * np.exp(1j * (_smooth_field(rng, (64, 64), 3.0) - 0.5))).astype(np.complex64)
+    return _simulate(obj, _disk_probe(8, 1e5, size_px=32), step_px=4.0, seed=4)
+
+
+def data_nll_of(obj: np.ndarray, scan: ScanData) -> float:
+    """Mean excess data NLL per pixel, computed outside any pty-chi run."""
+    return float(np.mean(physics.data_nll(obj, scan)))
+
+
+def _until_converged(algorithm: str, tol: float, cap: int = 60) -> IterativeConfig:
+    return IterativeConfig(algorithm=algorithm, iterations=cap, batch_size=16, device="cpu",
+                           until_converged=True, check_every_epochs=5, convergence_rel_tol=tol)
+
+
+def _check_history(res, scan: ScanData, cap: int) -> list[float]:
+    """Shared invariants of an ``until_converged`` result; returns the NLL values."""
+    epochs = [e for e, _, _ in res.nll_history]
+    times = [t for _, t, _ in res.nll_history]
+    nlls = [v for _, _, v in res.nll_history]
+    assert epochs == list(range(5, res.iterations + 1, 5)) and res.iterations == epochs[-1]
+    assert res.iterations <= cap and len(res.loss_history) == res.iterations
+    assert all(b > a for a, b in zip(times, times[1:])) and times[-1] == res.wall_time_s
+    assert res.nll_check_time_s > 0
+    # non-increasing up to the stop, except possibly the last point
+    assert all(b <= a for a, b in zip(nlls[:-2], nlls[1:-1]))
+    # the returned state is the lowest-NLL check, recomputed here independently
+    recomputed = float(np.mean(physics.data_nll(res.object, scan)))
+    assert recomputed == pytest.approx(min(nlls), rel=1e-9)
+    return nlls
+
+
+@needs_ptychi
+def test_until_converged_stops_early_with_a_loose_tolerance():
+    scan = _small_scan()
+    dtype, device = torch.get_default_dtype(), torch.get_default_device()
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    res = reconstruct_ptychi(scan, _until_converged("epie", tol=0.05))
+    assert torch.get_default_dtype() == dtype and torch.get_default_device() == device
+    assert torch.equal(torch.rand(3), expected)  # chunks and checks leave no trace either
+    nlls = _check_history(res, scan, cap=60)
+    print(f"ePIE tol 0.05: {res.iterations} epochs ({res.stop_reason}), solver "
+          f"{res.wall_time_s:.2f} s, checks {res.nll_check_time_s:.2f} s, NLL {nlls}")
+    assert res.iterations < 60 and res.converged and res.stop_reason == "tolerance"
+    drops = [a - b for a, b in zip(nlls, nlls[1:])]
+    assert 0 <= drops[-1] <= 0.05 * nlls[-2]  # the last chunk improved by less than 5 %
+    assert all(d > 0.05 * a for d, a in zip(drops[:-1], nlls))  # every earlier one by more
+    assert data_nll_of(res.object, scan) == pytest.approx(nlls[-1], rel=1e-9)
+
+
+@needs_ptychi
+def test_until_converged_runs_to_the_cap_with_a_tiny_tolerance():
+    scan = _small_scan()
+    res = reconstruct_ptychi(scan, _until_converged("epie", tol=1e-9))
+    nlls = _check_history(res, scan, cap=60)
+    print(f"ePIE tol 1e-9: {res.iterations} epochs ({res.stop_reason}), solver "
+          f"{res.wall_time_s:.2f} s, NLL {nlls}")
+    assert res.iterations == 60 and res.stop_reason == "cap" and not res.converged
+    assert len(nlls) == 12 and nlls[-1] < nlls[0]
+    assert data_nll_of(res.object, scan) == pytest.approx(nlls[-1], rel=1e-9)
+
+
+@needs_ptychi
+def test_until_converged_lsqml_returns_the_best_state():
+    """LSQML fits the noise and its NLL rises again: the best check's state comes back."""
+    scan = _small_scan()
+    res = reconstruct_ptychi(scan, _until_converged("lsqml", tol=1e-9))
+    nlls = _check_history(res, scan, cap=60)
+    print(f"LSQML tol 1e-9: {res.iterations} epochs ({res.stop_reason}), solver "
+          f"{res.wall_time_s:.2f} s, NLL {nlls}")
+    if res.stop_reason == "worse":
+        assert nlls[-1] > min(nlls) and res.converged
+    else:
+        assert res.stop_reason == "cap" and res.iterations == 60

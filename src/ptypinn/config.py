@@ -259,6 +259,16 @@ class IterativeConfig:
     step_size : float or None
         Update step of object (and probe): ``gamma`` for ePIE/rPIE/DM, the optimal-step scaler for
         LSQML.  ``None`` keeps pty-chi's defaults, except rPIE: ``min(1, 2 / batch_size)``.
+    until_converged : bool
+        Run in chunks of ``check_every_epochs`` and stop when the data NLL stops improving;
+        ``iterations`` is then the cap (most epochs run).
+    check_every_epochs : int
+        Epochs per chunk between two data-NLL checks when ``until_converged``, ``>= 1``.
+    convergence_rel_tol : float
+        Stop when the excess data NLL per pixel (:func:`ptypinn.physics.data_nll`, measured from
+        the saturated model, so ``>= 0`` and ~0.5 at the noise floor, never ~0) improved over the
+        last chunk by less than this fraction of the previous check's value, or got worse;
+        finite, ``> 0`` (1e-3 near the floor: < ~5e-4 nats per pixel per chunk).
     """
 
     algorithm: PtychiEngine = "epie"
@@ -269,6 +279,9 @@ class IterativeConfig:
     seed: int = 0
     noise_model: Literal["poisson", "gaussian"] = "poisson"
     step_size: float | None = None
+    until_converged: bool = False
+    check_every_epochs: int = 10
+    convergence_rel_tol: float = 1e-3
 
     def __post_init__(self) -> None:
         s = "iterative"
@@ -288,6 +301,13 @@ class IterativeConfig:
         require(st is None or (isinstance(st, (int, float)) and not isinstance(st, bool)
                                and math.isfinite(st) and st > 0),
                 f"{s}.step_size", "None or a finite number > 0", st)
+        require(isinstance(self.until_converged, bool), f"{s}.until_converged", "true/false",
+                self.until_converged)
+        require(_is_int(self.check_every_epochs) and self.check_every_epochs >= 1,
+                f"{s}.check_every_epochs", "an integer >= 1", self.check_every_epochs)
+        tol = self.convergence_rel_tol
+        require(isinstance(tol, (int, float)) and not isinstance(tol, bool) and math.isfinite(tol)
+                and tol > 0, f"{s}.convergence_rel_tol", "a finite number > 0", tol)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,15 @@ This adapter owns every conversion between the two conventions (tested in
 * **Process state.**  Building a pty-chi task sets torch's default device and dtype and seeds the
   global RNGs of torch, numpy and ``random``.  All of these are saved and restored around the run.
 
+Convergence: every run ends with ptypinn's own truth-free fit, the excess data NLL per pixel of
+:func:`ptypinn.physics.data_nll` (mean over patterns, with pty-chi's probe when it refined one).
+With ``IterativeConfig.until_converged`` the task is built once and advanced in chunks of
+``check_every_epochs`` (pty-chi continues from its internal state), the NLL is checked after each
+chunk, and the run stops when the NLL improved by less than ``convergence_rel_tol`` of the previous
+check's value (or got worse), when it is no longer finite, or at the cap ``iterations``.  The
+result carries the history ``(epochs, solver seconds, NLL)`` of every check; the solver time
+excludes the checks, so benchmarks can read off "time to reach a given NLL".
+
 torchvision: pty-chi imports ``torchvision.transforms.GaussianBlur`` at module level but only uses
 it to smooth random initial guesses (never on the path used here).  When the installed torchvision
 cannot be imported (none installed, or a wheel built for another torch, e.g. PyPI's CUDA build next
@@ -53,6 +62,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ptypinn.physics import data_nll
 from ptypinn.config import IterativeConfig
 from ptypinn.data import ScanData
 
@@ -82,15 +92,33 @@ class IterativeResult:
     Attributes
     ----------
     object : complex64 ``(Hy, Wx)``
-        Object in the scan's object frame (``scan.object_shape_px``, same positions).
+        Object in the scan's object frame (``scan.object_shape_px``, same positions).  With
+        ``until_converged`` it is the state of the lowest-NLL check: an earlier one than the last
+        when the NLL got worse or stopped being finite.
     probe : complex64, same shape as ``scan.probe``
-        Final probe in photon units (the input probe when it was not optimised).
+        Probe of the same state, in photon units (the input probe when it was not optimised).
     wall_time_s : float
-        Seconds spent building and running the pty-chi task.
+        Solver seconds: building the pty-chi task and running its epochs, *excluding* ptypinn's
+        data-NLL checks (those are ``nll_check_time_s``).
     algorithm : str
     iterations : int
+        Epochs actually run (``<= cfg.iterations``; fewer when the run stopped early).
     loss_history : list of float
         pty-chi's displayed loss per epoch (its ``MSE_SQRT`` metric on amplitudes).
+    nll_history : list of (int, float, float)
+        One ``(epochs_done, solver_wall_time_s, nll_per_pixel)`` per check, in order: epochs run
+        so far, cumulative solver seconds at that point (counted as ``wall_time_s``), and the
+        excess data NLL per pixel (:func:`ptypinn.physics.data_nll`, mean over patterns; NaN when
+        the state was not finite).  A fixed-epoch run has one point, at the end.
+    converged : bool
+        True when an ``until_converged`` run stopped because the NLL stopped improving
+        (``stop_reason`` ``"tolerance"`` or ``"worse"``).
+    stop_reason : str
+        ``"tolerance"`` (improved by less than ``convergence_rel_tol``), ``"worse"`` (NLL rose),
+        ``"diverged"`` (NLL not finite), ``"cap"`` (``iterations`` reached) or ``"fixed_epochs"``
+        (``until_converged`` off).
+    nll_check_time_s : float
+        Seconds spent copying the state out of pty-chi and evaluating the data NLL at the checks.
     """
 
     object: np.ndarray
@@ -99,6 +127,10 @@ class IterativeResult:
     algorithm: str
     iterations: int
     loss_history: list[float] = field(default_factory=list)
+    nll_history: list[tuple[int, float, float]] = field(default_factory=list)
+    converged: bool = False
+    stop_reason: str = "fixed_epochs"
+    nll_check_time_s: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,6 +268,23 @@ def _isolated_torch_state() -> Iterator[None]:
         random.setstate(py_rng)
 
 
+@contextlib.contextmanager
+def _torch_defaults(dtype: torch.dtype, device: torch.device) -> Iterator[None]:
+    """Use ``dtype``/``device`` as torch defaults inside the block, then put back the current ones.
+
+    The data-NLL checks run with the caller's defaults (not pty-chi's), so they compute exactly
+    what an independent :func:`ptypinn.physics.data_nll` call outside the run would.
+    """
+    inner_dtype, inner_device = torch.get_default_dtype(), torch.get_default_device()
+    torch.set_default_dtype(dtype)
+    torch.set_default_device(None if device.type == "cpu" else device)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(inner_dtype)
+        torch.set_default_device(inner_device)
+
+
 # ----------------------------------------------------------------------------------------------
 # conversions
 
@@ -313,8 +362,39 @@ def _use_gpu(device: str) -> bool:
     return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
+def _stop_reason(nll: float, previous: float | None, rel_tol: float) -> str | None:
+    """Why an ``until_converged`` run stops after a check with data NLL ``nll``, or ``None``.
+
+    ``previous`` is the NLL of the previous check (``None`` at the first).  The improvement is
+    relative to ``previous``, the excess NLL over the saturated model: it is ``>= 0`` and settles
+    near the noise floor (about 0.5 per pixel at high counts), not near 0, so the ratio stays well
+    defined and ``rel_tol`` acts as about ``0.5 * rel_tol`` nats per pixel per chunk close to
+    convergence.  Measuring from the noise floor instead (``previous - 0.5``) would divide by
+    ~0, or by a negative number once the solver fits the noise, and the floor is 0.5 only at
+    high counts.
+    """
+    if not math.isfinite(nll):
+        return "diverged"
+    if previous is None:
+        return None
+    if nll > previous:
+        return "worse"
+    if previous - nll <= rel_tol * previous:
+        return "tolerance"
+    return None
+
+
 def reconstruct_ptychi(scan: ScanData, cfg: IterativeConfig) -> IterativeResult:
     """Reconstruct ``scan`` with pty-chi, using the scan's probe and positions.
+
+    With ``cfg.until_converged`` the pty-chi task is built once and run in chunks of
+    ``cfg.check_every_epochs`` epochs (``cfg.iterations`` at most in all); after each chunk the
+    object (and probe) is read back and the excess data NLL per pixel
+    (:func:`ptypinn.physics.data_nll`, mean over patterns, with the refined probe when
+    ``cfg.optimize_probe``) is computed.  The run stops when the NLL improved by no more than
+    ``cfg.convergence_rel_tol`` times the previous check's value, got worse, is not finite, or
+    the cap is reached; the lowest-NLL state seen is returned.  Otherwise all ``cfg.iterations``
+    epochs run in one go and the NLL is evaluated once, at the end.
 
     Parameters
     ----------
@@ -327,12 +407,17 @@ def reconstruct_ptychi(scan: ScanData, cfg: IterativeConfig) -> IterativeResult:
     Returns
     -------
     IterativeResult
-        Object ``(Hy, Wx)`` complex64 in the scan's object frame, probe in photon units.
+        Object ``(Hy, Wx)`` complex64 in the scan's object frame, probe in photon units, the NLL
+        history, and ``wall_time_s`` = solver seconds with the NLL checks excluded (those are
+        ``nll_check_time_s``).
 
     Raises
     ------
     ImportError
         When pty-chi is not usable (see :func:`ptychi_available`).
+    RuntimeError
+        When the returned object would have NaN/Inf values (a fixed-epoch run that diverged, or
+        an ``until_converged`` run that diverged before its first check).
     """
     api = _import_ptychi()
     import ptychi.api.task as ptychi_task  # loaded by _import_ptychi
@@ -348,10 +433,29 @@ def reconstruct_ptychi(scan: ScanData, cfg: IterativeConfig) -> IterativeResult:
     probe = (scan.probe_modes / fft_factor).astype(np.complex64)[None]  # (1, modes, H, W)
     q = to_ptychi_positions(scan.positions_px, shape).astype(np.float32)
     mask = None if scan.bad_pixels is None else ~scan.bad_pixels
+    nll_device = "cuda" if use_gpu else "cpu"
+    outer_dtype, outer_device = torch.get_default_dtype(), torch.get_default_device()
+    chunk = cfg.check_every_epochs if cfg.until_converged else cfg.iterations
 
-    log.info("pty-chi %s: %d patterns %dx%d, object %dx%d, %d epochs on %s",
-             cfg.algorithm, scan.n_patterns, h, w, shape[0], shape[1], cfg.iterations,
-             "cuda" if use_gpu else "cpu")
+    if cfg.until_converged:
+        log.info("pty-chi %s: %d patterns %dx%d, object %dx%d, until converged (check every %d "
+                 "epochs, rel tol %g), at most %d epochs on %s", cfg.algorithm, scan.n_patterns,
+                 h, w, shape[0], shape[1], chunk, cfg.convergence_rel_tol, cfg.iterations,
+                 nll_device)
+    else:
+        log.info("pty-chi %s: %d patterns %dx%d, object %dx%d, %d epochs on %s", cfg.algorithm,
+                 scan.n_patterns, h, w, shape[0], shape[1], cfg.iterations, nll_device)
+
+    def sync() -> None:
+        if use_gpu:
+            torch.cuda.synchronize()
+
+    history: list[tuple[int, float, float]] = []
+    best: tuple[float, np.ndarray, np.ndarray] | None = None  # (nll, object, probe)
+    last: tuple[np.ndarray, np.ndarray] | None = None
+    reason = "cap" if cfg.until_converged else "fixed_epochs"
+    check_s = 0.0
+    done = 0
     with _isolated_torch_state(), warnings.catch_warnings():
         # pty-chi-internal noise that a user cannot act on
         warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
@@ -366,21 +470,58 @@ def reconstruct_ptychi(scan: ScanData, cfg: IterativeConfig) -> IterativeResult:
             probe_position_y_px=q[:, 0],
             valid_pixel_mask=mask,
         )
-        task.run()
-        obj = task.get_data_to_cpu("object", as_numpy=True)[0, _PAD_PX:-_PAD_PX, _PAD_PX:-_PAD_PX]
-        probe_out = task.get_data_to_cpu("probe", as_numpy=True)[0]
-        if use_gpu:
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - start
+        sync()
+        solver_s = time.perf_counter() - start
+        while done < cfg.iterations:
+            n_epochs = min(chunk, cfg.iterations - done)
+            t = time.perf_counter()
+            task.run(n_epochs=n_epochs)
+            sync()
+            solver_s += time.perf_counter() - t
+            done += n_epochs
+
+            t = time.perf_counter()
+            obj = task.get_data_to_cpu("object", as_numpy=True)[0, _PAD_PX:-_PAD_PX,
+                                                                 _PAD_PX:-_PAD_PX]
+            obj = obj.astype(np.complex64)
+            probe_out = task.get_data_to_cpu("probe", as_numpy=True)[0] * fft_factor
+            probe_out = probe_out.astype(np.complex64).reshape(scan.probe.shape)
+            last = (obj, probe_out)
+            nll = math.nan
+            if np.isfinite(obj).all() and np.isfinite(probe_out).all():
+                own = scan.replace(probe=probe_out) if cfg.optimize_probe else scan
+                with _torch_defaults(outer_dtype, outer_device):
+                    nll = float(np.mean(data_nll(obj, own, device=nll_device)))
+            check_s += time.perf_counter() - t
+            history.append((done, solver_s, nll))
+            log.info("pty-chi %s: epoch %d, data NLL %.6g per pixel, solver %.2f s",
+                     cfg.algorithm, done, nll, solver_s)
+
+            if math.isfinite(nll) and (best is None or nll < best[0]):
+                best = (nll, obj, probe_out)
+            if cfg.until_converged:
+                stop = _stop_reason(nll, history[-2][2] if len(history) > 1 else None,
+                                    cfg.convergence_rel_tol)
+                if stop is not None:
+                    reason = stop
+                    break
         losses = [float(v) for v in task.reconstructor.loss_tracker.table["loss"].tolist()]
         del task
 
-    probe_out = (probe_out * fft_factor).astype(np.complex64).reshape(scan.probe.shape)
+    assert last is not None  # iterations >= 1
+    obj, probe_out = best[1:] if (cfg.until_converged and best is not None) else last
     if not np.isfinite(obj).all():
         raise RuntimeError(f"pty-chi {cfg.algorithm} diverged: the object has NaN/Inf values "
                            "(try a smaller step_size or the Poisson noise model)")
-    log.info("pty-chi %s done in %.1f s, final loss %.4g", cfg.algorithm, wall,
+    if reason in ("worse", "diverged") and best is not None:
+        best_epochs = next(e for e, _, v in history if v == best[0])
+        log.warning("pty-chi %s: data NLL %s at epoch %d; returning the state of epoch %d "
+                    "(NLL %.6g per pixel)", cfg.algorithm,
+                    "rose" if reason == "worse" else "not finite", done, best_epochs, best[0])
+    log.info("pty-chi %s done: %d epochs (%s), solver %.1f s, NLL checks %.1f s, final loss %.4g",
+             cfg.algorithm, done, reason, solver_s, check_s,
              losses[-1] if losses else float("nan"))
-    return IterativeResult(object=obj.astype(np.complex64), probe=probe_out, wall_time_s=wall,
-                           algorithm=cfg.algorithm, iterations=cfg.iterations,
-                           loss_history=losses)
+    return IterativeResult(object=obj, probe=probe_out, wall_time_s=solver_s,
+                           algorithm=cfg.algorithm, iterations=done, loss_history=losses,
+                           nll_history=history, converged=reason in ("tolerance", "worse"),
+                           stop_reason=reason, nll_check_time_s=check_s)
