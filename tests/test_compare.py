@@ -286,6 +286,29 @@ def test_run_arms_ptychi(scan):
     assert evaluate(a.object, scan.object_true, mask=a.covered)["amplitude"]["pearson"] > 0.5
 
 
+def test_run_arms_keeps_the_ptychi_engine_with_the_lowest_data_nll(scan):
+    """Several engines: each runs, the PtyChi arm is the one whose object fits the data best
+    (truth-free), and every candidate's NLL, epochs and time are recorded."""
+    from ptypinn.baselines.ptychi import ptychi_available
+
+    ok, why = ptychi_available()
+    if not ok:
+        print(f"pty-chi not usable: {why}")
+        pytest.skip(f"pty-chi not usable: {why}")
+    weak = IterativeConfig(algorithm="epie", iterations=1, device="cpu")
+    strong = IterativeConfig(algorithm="lsqml", iterations=15, device="cpu")
+    arm = run_arms(scan, ptychi=[weak, strong], infer_cfg=InferConfig(device="cpu"))[0]
+    cands = arm.details["candidates"]
+    assert set(cands) == {"epie", "lsqml"}
+    best = min(cands, key=lambda e: cands[e]["nll_per_pixel"])
+    assert arm.details["algorithm"] == best
+    assert arm.nll_per_pixel == pytest.approx(cands[best]["nll_per_pixel"])
+    # the recorded NLL is the object's own (independent recomputation)
+    assert arm.nll_per_pixel == pytest.approx(float(np.mean(data_nll(arm.object, scan))),
+                                              rel=1e-4)
+    assert cands["epie"]["iterations"] == 1 and cands["lsqml"]["iterations"] == 15
+
+
 def test_run_arms_ptychi_refines_a_wrong_probe(scan):
     """Start pty-chi from a probe 30 % too wide: refining it must explain the data better (data
     NLL under its own probe) than keeping the wrong probe fixed."""

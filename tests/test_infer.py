@@ -78,3 +78,24 @@ def test_offsets_are_written(bundle, tiny_pair, tmp_path):
     assert np.array_equal(saved["phase_offsets_rad"], rec.phase_offsets_rad)
     assert rec.phase_offsets_rad.shape == (test.n_patterns,)
     assert summary["phase_sync_offsets_std_rad"] == pytest.approx(np.std(rec.phase_offsets_rad))
+
+
+def test_phase_sync_is_kept_only_when_it_lowers_the_data_nll(bundle, tiny_pair, monkeypatch):
+    """The same truth-free rule for every arm: synchronized offsets that fit the data worse than
+    none at all are dropped, and the result is the unsynchronized object."""
+    from ptypinn.pinn import infer
+
+    _, test = tiny_pair
+    jittered = dataclasses.replace(bundle, model=_PhaseJitter(bundle.model))
+    good = reconstruct(jittered, test, InferConfig(phase_sync=True, device="cpu"))
+    assert good.phase_sync_applied and good.nll_without_sync is not None
+    assert float(np.mean(good.nll_per_pattern)) < good.nll_without_sync
+
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(infer, "synchronize_phases",
+                        lambda *a, **k: rng.uniform(-3, 3, test.n_patterns))  # a bad solver
+    bad = reconstruct(jittered, test, InferConfig(phase_sync=True, device="cpu"))
+    off = reconstruct(jittered, test, InferConfig(phase_sync=False, device="cpu"))
+    assert not bad.phase_sync_applied and not bad.phase_offsets_rad.any()
+    np.testing.assert_array_equal(bad.object, off.object)
+    assert float(np.mean(bad.nll_per_pattern)) == pytest.approx(bad.nll_without_sync)

@@ -52,7 +52,7 @@ from ptypinn.config import ARM_LABELS, InferConfig, IterativeConfig
 from ptypinn.data import ScanData
 from ptypinn.physics import data_nll
 from ptypinn.pinn.bundle import Bundle, load_bundle
-from ptypinn.pinn.infer import reconstruct, resolve_device
+from ptypinn.pinn.infer import reconstruct
 from ptypinn.metrics import align, evaluate, frc_interior, metrics_long_rows
 
 
@@ -180,9 +180,10 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         candidates = []
         for it_cfg in configs:
             res = reconstruct_ptychi(scan, it_cfg)
-            own = scan.replace(probe=res.probe) if it_cfg.optimize_probe else scan
-            nll = float(np.mean(data_nll(res.object, own, batch_size=infer_cfg.batch_size,
-                                         device=resolve_device(infer_cfg.device))))
+            # the adapter measured the data NLL of the state it returned (with pty-chi's own
+            # probe when refined): the lowest finite point of its history
+            finite = [h[2] for h in res.nll_history if math.isfinite(h[2])]
+            nll = min(finite) if finite else math.nan
             log.info("PtyChi %s: %d epochs, %.1f s, data NLL/px %.4f", res.algorithm,
                      res.iterations, res.wall_time_s, nll)
             candidates.append((nll, it_cfg, res))
@@ -196,9 +197,11 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
             details={"algorithm": res.algorithm, "iterations": res.iterations,
                      "probe": "refined" if it_cfg.optimize_probe else "fixed",
                      "final_loss": res.loss_history[-1] if res.loss_history else None,
+                     "stop_reason": res.stop_reason, "nll_history": res.nll_history,
                      "candidates": {c[2].algorithm: {"nll_per_pixel": c[0],
                                                      "iterations": c[2].iterations,
-                                                     "wall_time_s": c[2].wall_time_s}
+                                                     "wall_time_s": c[2].wall_time_s,
+                                                     "stop_reason": c[2].stop_reason}
                                     for c in candidates}}))
     return arms
 
