@@ -2,7 +2,7 @@
 
 The crop / variant tests run on small synthetic scans.  The tests on the real tike scan
 (``/work/shared/data/siemens-star-small.npz.bz2``, or ``$PTYPINN_SIEMENS_FILE``) are skipped with
-a reason when the file or pty-chi is missing; the end-to-end one is ``@pytest.mark.slow``.
+a reason when the file or pty-chi is missing; the end-to-end ones are ``@pytest.mark.slow``.
 """
 
 from __future__ import annotations
@@ -171,37 +171,74 @@ def test_real_scan_crop_and_one_ptychi_epoch():
     assert res.object.shape == sub.object_shape_px and np.isfinite(res.object).all()
 
 
-@pytest.mark.slow
-def test_real_scan_pinn_agrees_with_ptychi(tmp_path):
-    """Self-supervised PINN vs pty-chi on 64 real patterns: their phases must correlate.
+def _agreement_with(reference: np.ndarray, bundle, scan: ScanData, cfg) -> dict[str, float]:
+    """Phase and amplitude Pearson r of ``bundle``'s reconstruction of ``scan`` against
+    ``reference`` (registered, global phase removed), over the covered probe footprint."""
+    from ptypinn.metrics import align, pearson
+    from ptypinn.pinn.infer import reconstruct
+    from ptypinn.workflows.compare import footprint_mask
+
+    rec = reconstruct(bundle, scan, cfg.infer)
+    mask = rec.covered & footprint_mask(scan, rec.crop_px)
+    pair = align(rec.object, reference, mask=mask)
+    return {"phase": pearson(np.angle(pair.truth), np.angle(pair.recon), pair.mask),
+            "amplitude": pearson(np.abs(pair.truth), np.abs(pair.recon), pair.mask)}
+
+
+@pytest.fixture(scope="module")
+def siemens_agreement(tmp_path_factory) -> dict[str, dict[str, float]]:
+    """PINN vs pty-chi on 64 real patterns, for the trained PINN and for the same model untrained.
 
     pty-chi refines the probe (the one in the file is rough: with it fixed, the data NLL stays at
-    ~7-8 per pixel, against ~1.5 refined), and the PINN (gridsize 2) trains with that probe.
-    Measured (docs/siemens.md): phase r = 0.84 after 20 epochs (0.85 untrained: the agreement
-    comes mostly from the physics back-propagation layer and the overlap constraint; gridsize 1
-    gives 0.64); a wrong axis convention gives no star at all.  Threshold 0.7.
+    ~7-8 per pixel, against ~1.5 refined), and the PINN (gridsize 2) trains with that probe.  The
+    untrained model is built as :func:`ptypinn.pinn.train.train_model` builds it (same config,
+    probe and seed) and reconstructs without a single step: what it reaches comes from the
+    physics layer and the overlap constraint alone.
     """
-    from ptypinn.pinn.bundle import load_bundle
-    from ptypinn.workflows.compare import footprint_mask
-    from ptypinn.io import load_config
-    from ptypinn.pinn.infer import reconstruct
     from ptypinn.baselines.ptychi import reconstruct_ptychi
     from ptypinn.config import IterativeConfig
-    from ptypinn.metrics import align, pearson
+    from ptypinn.io import load_config
+    from ptypinn.pinn.bundle import Bundle, load_bundle
+    from ptypinn.pinn.models import build_model
     from ptypinn.pinn.train import train_model
 
     scan = crop_scan(_real_scan_or_skip(), (231.6, 230.1), 64)
     res = reconstruct_ptychi(scan, IterativeConfig(algorithm="epie", iterations=50,
                                                    optimize_probe=True, device="cpu"))
     scan = scan.replace(probe=res.probe)
-    cfg = load_config(None, ["model.width=8", "grouping.gridsize=2", "train.epochs=20", "train.batch_size=8",
-                             "train.accelerator=cpu", "train.progress_bar=false",
-                             "infer.device=cpu"])
-    run = train_model(cfg, scan, tmp_path / "run")
-    rec = reconstruct(load_bundle(run.bundle_dir), scan, cfg.infer)
-    mask = rec.covered & footprint_mask(scan, rec.crop_px)
-    pair = align(rec.object, res.object, mask=mask)
-    r_phase = pearson(np.angle(pair.truth), np.angle(pair.recon), pair.mask)
-    r_amp = pearson(np.abs(pair.truth), np.abs(pair.recon), pair.mask)
-    print(f"PINN vs pty-chi on 64 real patterns: phase r {r_phase:.3f}, amplitude r {r_amp:.3f}")
+    cfg = load_config(None, ["model.width=8", "grouping.gridsize=2", "train.epochs=20",
+                             "train.batch_size=8", "train.accelerator=cpu",
+                             "train.progress_bar=false", "infer.device=cpu"])
+    run = train_model(cfg, scan, tmp_path_factory.mktemp("siemens") / "run")
+    trained = _agreement_with(res.object, load_bundle(run.bundle_dir), scan, cfg)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, torch.from_numpy(scan.probe), cfg.grouping.group_size)
+    untrained = _agreement_with(res.object, Bundle.create(model, cfg), scan, cfg)
+    for name, r in (("trained", trained), ("untrained", untrained)):
+        print(f"PINN ({name}) vs pty-chi on 64 real patterns: phase r {r['phase']:.3f}, "
+              f"amplitude r {r['amplitude']:.3f}")
+    return {"trained": trained, "untrained": untrained}
+
+
+@pytest.mark.slow
+def test_real_scan_pinn_agrees_with_ptychi(siemens_agreement):
+    """The trained PINN's phase correlates with pty-chi's (a wrong axis convention gives no star
+    at all; gridsize 1 gives ~0.64).  Threshold 0.7: a floor only, below what the untrained
+    physics layer already reaches (0.90), so the next test is the one that shows training
+    helps."""
+    r_phase = siemens_agreement["trained"]["phase"]
     assert r_phase is not None and r_phase > 0.7
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap (docs/siemens.md): 20 epochs of training do not beat the untrained physics layer "
+    "on this scan; measured phase r vs pty-chi: trained 0.894, untrained 0.903 (amplitude r "
+    "0.564 vs 0.449)"))
+def test_real_scan_training_beats_the_untrained_model(siemens_agreement):
+    """Training must add agreement with pty-chi beyond what the untrained model reaches."""
+    trained = siemens_agreement["trained"]["phase"]
+    untrained = siemens_agreement["untrained"]["phase"]
+    assert trained is not None and untrained is not None
+    assert trained > untrained, f"phase r vs pty-chi: trained {trained:.3f} <= untrained " \
+                                f"{untrained:.3f}"

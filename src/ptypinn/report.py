@@ -8,12 +8,17 @@ state.  Colour maps have monotonic lightness (``gray`` for amplitudes, ``cividis
 from __future__ import annotations
 
 import io as _bytes_io
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ptypinn.data import ScanData
 
-__all__ = ["scan_preview_png", "complex_image_png", "comparison_png", "frc_png"]
+if TYPE_CHECKING:  # for type checkers only: matplotlib is imported inside the functions
+    from matplotlib.figure import Figure
+
+__all__ = ["scan_preview_png", "complex_image_png", "comparison_png", "comparison_figure",
+           "amplitude_panel_ranges", "frc_png"]
 
 _AMP_CMAP = "gray"
 _PHASE_CMAP = "cividis"
@@ -137,36 +142,76 @@ def _masked_crop(img: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 def _shared_range(images: list[np.ndarray], lo_pct: float = 0.5, hi_pct: float = 99.5
                   ) -> tuple[float, float]:
     """One colour range for several images: the widest of their robust (percentile) ranges."""
-    lo = min(float(np.nanpercentile(a, lo_pct)) for a in images)
-    hi = max(float(np.nanpercentile(a, hi_pct)) for a in images)
-    return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
+    ranges = [_robust_range(a, lo_pct, hi_pct) for a in images]
+    return _widen(min(r[0] for r in ranges), max(r[1] for r in ranges))
 
 
-def comparison_png(truth: np.ndarray | None, recons: dict[str, np.ndarray],
-                   mask: np.ndarray | None = None, title: str | None = None) -> bytes:
-    """Reconstructions side by side: amplitude (top row) and phase (bottom row), one column each.
+def _widen(lo: float, hi: float) -> tuple[float, float]:
+    """``(lo, hi)``, opened up around a constant image so that ``hi > lo``."""
+    if hi > lo:
+        return lo, hi
+    half = 0.05 * abs(lo) if lo != 0 else 0.5
+    return lo - half, hi + half
 
-    The ground truth (if given) comes first, then one column per entry of ``recons`` in order.
-    All images must already be in one frame, registered and with the global phase removed (see
-    :func:`ptypinn.metrics.align`).  Amplitudes share one colour range (``gray``), phases another
-    (``cividis``, radians).  Both ranges are the ground truth's 0.5-99.5 percentile span when a
-    truth is given (a reconstruction with the wrong scale then shows saturated), else the widest
-    such span over the columns, so one outlier pixel or one failed arm cannot wash out the others.
+
+def _robust_range(img: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[float, float]:
+    """The ``lo_pct``-``hi_pct`` percentile span of the finite pixels of ``img`` (NaN = not
+    shown); ``(0, 1)`` when there are none."""
+    values = np.asarray(img, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(values, [lo_pct, hi_pct])
+    return _widen(float(lo), float(hi))
+
+
+def amplitude_panel_ranges(amplitudes: list[np.ndarray], truth_first: bool,
+                           lo_pct: float = 1.0, hi_pct: float = 99.0
+                           ) -> list[tuple[float, float]]:
+    """The colour range ``(vmin, vmax)`` of each amplitude panel of :func:`comparison_png`.
+
+    Without a ground truth the arms may be on different absolute scales (a PINN at ~1 next to an
+    iterative arm at ~45); one shared range would draw the smaller one black.  Each panel then
+    gets its own robust range.  With a ground truth (``truth_first``) every panel shares the
+    truth's range, so an arm with the wrong scale shows saturated (its mean amplitude goes in its
+    title).
 
     Parameters
     ----------
-    truth : complex ``(Hy, Wx)`` or None
-    recons : {name: complex ``(Hy, Wx)``}, at least one
-    mask : bool ``(Hy, Wx)``, optional
-        Region to show (e.g. the scanned region): images are cropped to its bounding box and
-        pixels outside it are left blank.
-    title : str, optional
-        Figure title.
+    amplitudes : list of real ``(H, W)``
+        One per panel, NaN where nothing is shown (outside the covered region); with
+        ``truth_first`` the first one is the ground truth's.
+    truth_first : bool
+        Whether ``amplitudes[0]`` is the ground truth's: all panels share its range.
+    lo_pct, hi_pct : float
+        Percentiles of the finite pixels that set a range (robust to a few outlier pixels); the
+        truth's range uses the wider 0.5-99.5 span.
 
     Returns
     -------
-    bytes
-        PNG image.
+    list of (vmin, vmax)
+        One per panel, ``vmax > vmin``; an image without finite pixels gets ``(0, 1)``.
+    """
+    if not amplitudes:
+        raise ValueError("amplitudes: expected at least one image, got none")
+    if truth_first:
+        common = _robust_range(amplitudes[0], 0.5, 99.5)
+        return [common] * len(amplitudes)
+    return [_robust_range(a, lo_pct, hi_pct) for a in amplitudes]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def comparison_figure(truth: np.ndarray | None, recons: dict[str, np.ndarray],
+                      mask: np.ndarray | None = None, title: str | None = None) -> Figure:
+    """The :class:`matplotlib.figure.Figure` drawn by :func:`comparison_png` (same arguments).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Axes ``2 x k`` (amplitude row, phase row), then the colorbars.
     """
     from matplotlib.figure import Figure
 
@@ -189,31 +234,82 @@ def comparison_png(truth: np.ndarray | None, recons: dict[str, np.ndarray],
             raise ValueError("mask: expected at least one True pixel, got none")
     amps = [_masked_crop(np.abs(img), mask) for _, img in columns]
     phases = [_masked_crop(np.angle(img), mask) for _, img in columns]
-    ranged = slice(0, 1) if truth is not None else slice(None)
-    a_lo, a_hi = _shared_range(amps[ranged])
-    p_lo, p_hi = _shared_range(phases[ranged])
+    with_truth = truth is not None
+    a_ranges = amplitude_panel_ranges(amps, truth_first=with_truth)
+    p_lo, p_hi = _shared_range(phases[:1] if with_truth else phases)
     p_lo, p_hi = max(p_lo, -np.pi), min(p_hi, np.pi)
     k = len(columns)
-    fig = Figure(figsize=(2.6 * k + 1.2, 5.6), layout="constrained")
+    fig = Figure(figsize=(2.9 * k + 1.2, 6.0), layout="constrained")
     axes = fig.subplots(2, k, squeeze=False)
+    im_a = im_p = None
     for j, (name, _) in enumerate(columns):
+        a_lo, a_hi = a_ranges[j]
+        finite = amps[j][np.isfinite(amps[j])]
+        mean = _fmt(float(finite.mean())) if finite.size else "n/a"
         im_a = axes[0, j].imshow(amps[j], cmap=_AMP_CMAP, vmin=a_lo, vmax=a_hi,
                                  interpolation="nearest")
         im_p = axes[1, j].imshow(phases[j], cmap=_PHASE_CMAP, vmin=p_lo, vmax=p_hi,
                                  interpolation="nearest")
-        axes[0, j].set_title(name, fontsize=9)
+        if with_truth:
+            axes[0, j].set_title(f"{name}\nmean amplitude {mean}", fontsize=9)
+        else:  # own scale: its range in the title and its own colorbar
+            axes[0, j].set_title(f"{name}\nmean {mean}, shown [{_fmt(a_lo)}, {_fmt(a_hi)}]",
+                                 fontsize=9)
+            cb = fig.colorbar(im_a, ax=axes[0, j], fraction=0.046, pad=0.04, extend="both")
+            cb.ax.tick_params(labelsize=7)
         for ax in axes[:, j]:
             ax.set_xlabel("x (px)", fontsize=8)
             ax.tick_params(labelsize=7)
-    axes[0, 0].set_ylabel("amplitude\ny (px)", fontsize=8)
-    axes[1, 0].set_ylabel("phase\ny (px)", fontsize=8)
-    cb = fig.colorbar(im_a, ax=list(axes[0]), fraction=0.03, pad=0.02)
-    cb.set_label("amplitude (transmission)", fontsize=8)
+    if with_truth:
+        axes[0, 0].set_ylabel("amplitude (truth's scale)\ny (px)", fontsize=8)
+        cb = fig.colorbar(im_a, ax=list(axes[0]), fraction=0.03, pad=0.02, extend="both")
+        cb.set_label("amplitude (clipped to the truth's range)", fontsize=8)
+    else:
+        axes[0, 0].set_ylabel("amplitude (each panel on its own scale)\ny (px)", fontsize=8)
+    axes[1, 0].set_ylabel("phase (common scale)\ny (px)", fontsize=8)
     cb = fig.colorbar(im_p, ax=list(axes[1]), fraction=0.03, pad=0.02)
     cb.set_label("phase (rad)", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return _png(fig)
+    scale_note = ("amplitude on the truth's scale" if with_truth
+                  else "amplitude: each panel on its own scale")
+    fig.suptitle(f"{title}\n({scale_note})" if title else f"({scale_note})", fontsize=10)
+    return fig
+
+
+def comparison_png(truth: np.ndarray | None, recons: dict[str, np.ndarray],
+                   mask: np.ndarray | None = None, title: str | None = None) -> bytes:
+    """Reconstructions side by side: amplitude (top row) and phase (bottom row), one column each.
+
+    The ground truth (if given) comes first, then one column per entry of ``recons`` in order.
+    All images must already be in one frame, registered and with the global phase removed (see
+    :func:`ptypinn.metrics.align`).  Each column's title gives its mean amplitude over the shown
+    pixels.
+
+    * Amplitude (``gray``), with a ground truth: one colour range for all, the truth's 0.5-99.5
+      percentile span; arms are clipped to it (a reconstruction with the wrong scale shows
+      saturated, and its mean amplitude in the title gives the size of the error).
+    * Amplitude without a ground truth: each panel on its own scale (its own 1-99 percentile
+      span over the shown pixels, in its title, with its own colorbar), as arms need not share an
+      absolute scale and a shared range would draw the smaller one black
+      (:func:`amplitude_panel_ranges`).
+    * Phase (``cividis``, radians): one common range, the truth's 0.5-99.5 percentile span, else
+      the widest such span over the columns.
+
+    Parameters
+    ----------
+    truth : complex ``(Hy, Wx)`` or None
+    recons : {name: complex ``(Hy, Wx)``}, at least one
+    mask : bool ``(Hy, Wx)``, optional
+        Region to show (e.g. the scanned region): images are cropped to its bounding box and
+        pixels outside it are left blank.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    bytes
+        PNG image.
+    """
+    return _png(comparison_figure(truth, recons, mask, title))
 
 
 def frc_png(curves: dict[str, dict], title: str | None = None) -> bytes:
