@@ -65,10 +65,47 @@ def _is_int(v: Any) -> bool:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """Synthetic scan: object, probe, scan pattern and dose.
+    """Synthetic scan: object, probe, scan pattern and dose (``simulation`` section).
 
     ``scan_step_px`` or ``overlap_fraction`` sets the scan density; if ``overlap_fraction`` is
     given it wins and the step becomes ``2 * probe_radius_px * (1 - overlap_fraction)``.
+
+    Attributes
+    ----------
+    object_kind : {"lines", "grf", "image", "siemens_star"}
+        Object family.
+    object_size_px : int
+        Side of the square object (px), >= probe_size_px + 2.
+    image_path : str or None
+        Grayscale image for ``object_kind: image``.
+    object_amplitude_range : (float, float)
+        Lowest and highest amplitude transmission of the object.
+    object_phase_max_rad : float
+        Largest phase of the object (rad).
+    probe_kind : {"disk", "gaussian", "defocused_disk", "file"}
+        Illumination; ``file`` reads ``probe_file``.
+    probe_size_px : int
+        Pattern and probe window size N (px): 32, 64, 128 or 256.
+    probe_radius_px : float
+        Probe radius (px), in (0, N/2].
+    probe_defocus_rad : float
+        Quadratic phase at the rim of a ``defocused_disk`` probe (rad).
+    probe_file : str or None
+        Probe source for ``probe_kind: file`` (a ``.npy`` array or any scan file).
+    scan_kind : {"raster", "jittered", "random", "fermat"}
+        Scan pattern.
+    scan_step_px : float
+        Scan step (px).
+    overlap_fraction : float or None
+        Linear overlap of neighbouring probe discs in [0, 1); overrides ``scan_step_px``.
+    scan_jitter_px : float
+        Standard deviation of the jitter of ``jittered`` scans (px).
+    n_random_positions : int
+        Number of positions of ``random`` scans.
+    photons_per_pattern : float or None
+        Mean expected photon count per pattern; None: noise-free at a nominal 1e9.
+    seed : int
+        Seed of every random choice (object, positions, noise).
     """
 
     object_kind: Literal["lines", "grf", "image", "siemens_star"] = "lines"
@@ -122,7 +159,21 @@ class SimulationConfig:
 
 @dataclass(frozen=True)
 class GroupingConfig:
-    """How patterns are grouped for the overlap constraint (SPEC §4)."""
+    """How patterns are grouped for the overlap constraint (``grouping`` section, SPEC §4).
+
+    Attributes
+    ----------
+    gridsize : int
+        g: C = g**2 patterns per group (1, 2 or 3).
+    k_neighbors : int
+        Nearest neighbours (KD-tree) a group's other members are drawn from, >= C - 1.
+    n_groups : int or None
+        Training groups; None: one per pattern.
+    allow_oversampling : bool
+        Allow more groups than patterns (several draws per seed pattern).
+    seed : int
+        Seed of the member draws.
+    """
 
     gridsize: int = 1
     k_neighbors: int = 6
@@ -146,7 +197,28 @@ class GroupingConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Generator and loss.  ``kind='pinn'`` trains through physics; ``'baseline'`` is supervised."""
+    """Generator and loss (``model`` section).
+
+    Attributes
+    ----------
+    kind : {"pinn", "baseline"}
+        ``pinn`` trains through the physics (no ground truth); ``baseline`` is supervised (L1 on
+        the true object, simulation only).
+    generator : {"unet"}
+        Generator architecture.
+    width : int
+        Channels of the first U-Net level (level k has ``width * 2**k``).
+    depth : int
+        Down-sampling levels of the U-Net (1-5; N must be divisible by 2**depth).
+    amplitude_max : float
+        Upper bound of the predicted amplitude (transmission).
+    trainable_intensity_scale : bool
+        Learn one scalar factor on the predicted counts.
+    tv_weight : float
+        Weight of a total-variation term on the patches (0: off).
+    poisson_eps : float
+        ``eps`` inside the Poisson log-likelihood, >= 1e-12.
+    """
 
     kind: Literal["pinn", "baseline"] = "pinn"
     generator: Literal["unet"] = "unet"
@@ -170,7 +242,38 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and hardware (Lightning)."""
+    """Optimisation and hardware (``train`` section; Lightning).
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the training groups.
+    batch_size : int
+        Groups per optimisation step (per device).
+    learning_rate : float
+        Adam's learning rate.
+    lr_schedule : {"cosine", "constant"}
+        Cosine decay to 2 % over ``epochs``, or constant.
+    val_fraction : float
+        Fraction of groups (a spatial slab) held out for validation, in [0, 1).
+    early_stopping_patience : int or None
+        Stop after this many epochs without a better validation loss; None: off.
+    seed : int
+        Seed of weights, shuffling and Lightning.
+    accelerator : {"auto", "cpu", "gpu"}
+    devices : int
+        Devices per node.
+    num_nodes : int
+        Nodes (multi-node DDP).
+    strategy : {"auto", "ddp"}
+    precision : {"32", "bf16-mixed", "16-mixed"}
+    max_time_s : float or None
+        Wall-time cap of the fit (s); None: no cap.
+    tensorboard : bool
+        Also log to TensorBoard.
+    progress_bar : bool
+        Show Lightning's progress bar.
+    """
 
     epochs: int = 30
     batch_size: int = 16

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from ptypinn.physics import data_nll
-from ptypinn.config import IterativeConfig
+from ptypinn.config import IterativeConfig, require
 from ptypinn.data import ScanData
 
 __all__ = [
@@ -79,10 +79,6 @@ _DM_CHUNK_LENGTH = 64  # scan points per difference-map exit-wave chunk (1 is ve
 _RPIE_STEP_PER_BATCH = 2.0  # default rPIE step = min(1, this / batch_size)
 _PAD_PX = 2  # margin pty-chi wants around the outermost windows (it zero-pads otherwise)
 _INSTALL_HINT = "see docs/iterative.md (pip install ptypinn[iterative])"
-
-
-def _bad(name: str, expected: str, actual: Any) -> None:
-    raise ValueError(f"{name}: expected {expected}, got {actual!r}")
 
 
 @dataclass(frozen=True)
@@ -149,10 +145,10 @@ class GaussianBlurStandIn:
                  sigma: float | tuple[float, float] = (0.1, 2.0)) -> None:
         ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         sg = (float(sigma), float(sigma)) if isinstance(sigma, (int, float)) else tuple(sigma)
-        if len(ks) != 2 or any(k < 1 or k % 2 == 0 for k in ks):
-            _bad("kernel_size", "odd positive integers (kx, ky)", kernel_size)
-        if len(sg) != 2 or any(s <= 0 for s in sg):
-            _bad("sigma", "positive values (sx, sy)", sigma)
+        require(len(ks) == 2 and all(k >= 1 and k % 2 == 1 for k in ks), "kernel_size",
+                "odd positive integers (kx, ky)", kernel_size)
+        require(len(sg) == 2 and all(s > 0 for s in sg), "sigma", "positive values (sx, sy)",
+                sigma)
         self.kernel_size = (int(ks[0]), int(ks[1]))
         self.sigma = (float(sg[0]), float(sg[1]))
 
@@ -163,8 +159,7 @@ class GaussianBlurStandIn:
         return (k / k.sum()).to(dtype=dtype, device=device)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        if img.ndim < 2:
-            _bad("img", "a tensor (..., H, W)", tuple(img.shape))
+        require(img.ndim >= 2, "img", "a tensor (..., H, W)", tuple(img.shape))
         shape = img.shape
         x = img.reshape(-1, 1, shape[-2], shape[-1])
         real_dtype = x.real.dtype if x.is_complex() else x.dtype
@@ -357,8 +352,8 @@ def _options(api: types.ModuleType, cfg: IterativeConfig, buffer_shape_px: tuple
 
 
 def _use_gpu(device: str) -> bool:
-    if device == "cuda" and not torch.cuda.is_available():
-        _bad("device", "'cpu' or 'auto' (CUDA is not available here)", device)
+    require(device != "cuda" or torch.cuda.is_available(), "iterative.device",
+            "'cpu' or 'auto' (CUDA is not available here)", device)
     return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
