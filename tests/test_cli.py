@@ -137,3 +137,15 @@ def test_constant_prediction_is_an_error(tmp_path, capsys, sim_files, monkeypatc
     _user_error(capsys, ["infer", str(tmp_path / "flat"), "--scan", str(sim_files / "test.npz"),
                          "-o", str(tmp_path / "o")], "constant")
     assert not (tmp_path / "o").exists()
+
+
+def test_train_config_option_and_deprecated_positional(sim_files, tmp_path, capsys, caplog):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  widht: 8\n")  # a typo: proves the file is read
+    for argv in (["train", "--config", str(cfg)], ["train", str(cfg)]):
+        _user_error(capsys, [*argv, "--train", str(sim_files / "train.npz"), "-o",
+                             str(tmp_path / "r")], "model.widht", "did you mean")
+    assert "deprecated" in caplog.text  # the positional form still works, with a warning
+    _user_error(capsys, ["train", str(cfg), "--config", str(cfg), "--train",
+                         str(sim_files / "train.npz"), "-o", str(tmp_path / "r")],
+                "expected one config")
