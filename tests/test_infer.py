@@ -99,3 +99,19 @@ def test_phase_sync_is_kept_only_when_it_lowers_the_data_nll(bundle, tiny_pair, 
     assert not bad.phase_sync_applied and not bad.phase_offsets_rad.any()
     np.testing.assert_array_equal(bad.object, off.object)
     assert float(np.mean(bad.nll_per_pattern)) == pytest.approx(bad.nll_without_sync)
+
+
+def test_rim_outside_the_crops_holds_the_whole_patch_stitch(bundle, tiny_pair):
+    """Pixels the crops leave but a window reaches carry the stitch of the whole patches (what
+    the data NLL scores); pixels no window reaches are free space (1)."""
+    from ptypinn.stitch import stitch_patches
+
+    _, test = tiny_pair
+    rec = reconstruct(bundle, test, InferConfig(phase_sync=False, device="cpu"))
+    whole, lit = stitch_patches(
+        [(torch.ones((test.n_patterns, 32, 32), dtype=torch.complex64),
+          torch.from_numpy(test.positions_px))], test.object_shape_px, 32)
+    rim = lit & ~rec.covered
+    assert rim.any() and rec.crop_px < 32
+    assert np.all(rec.object[~lit] == 1)
+    assert not np.allclose(rec.object[rim], 1)  # the network's values, not a fill constant

@@ -49,11 +49,13 @@ class Reconstruction:
 
     Attributes
     ----------
-    object : complex64 ``(Hy, Wx)``
+    object : complex64 ``(Hy, Wx)``; stitched through each patch's central crop where
+        ``covered``; outside it, on the rim the crops leave but the probe lights, the stitch of the
+        whole patches (the network's own, less constrained prediction there); 1 (free space)
+        where no patch reaches.  Score it over ``covered``.
     covered : bool ``(Hy, Wx)``; pixels reached by at least one (cropped) patch.
     nll_per_pattern : float64 ``(n,)``; Poisson NLL per pixel minus the saturated model's, of the
-        measured counts under the stitched object (uncovered pixels taken as free space, 1) and
-        the scan's probe.
+        measured counts under ``object`` and the scan's probe.
     wall_time_s : float; inference + stitching (excludes the NLL pass).
     crop_px : int; central crop of every patch used for stitching.
     phase_offsets_rad : float64 ``(n,)``; the constant phase added to each pattern's patch by
@@ -149,25 +151,37 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig) -> Reconstruct
             theta = synchronize_phases(seed_patches, scan.positions_px, n, crop,
                                        chunk=max(cfg.batch_size, 1024), device=device,
                                        reg=phase_sync_reg(cfg, bundle.group_size))
-        rot = torch.polar(torch.ones(scan.n_patterns), torch.from_numpy(theta).float())
+        # Two stitchings of the same patches in one pass (no extra network pass): through the
+        # central crop (the reconstruction) and through the whole patch (only to fill the rim the
+        # crops leave uncovered but the probe still lights, so that the data NLL scores the
+        # network's own prediction there rather than a guess).  With synchronization, both again
+        # without the offsets, for the NLL rule below.
+        variants = [theta] + ([np.zeros(scan.n_patterns)] if cfg.phase_sync else [])
+        stitchers = [(Stitcher(scan.object_shape_px, n, crop_px=crop, device=device),
+                      Stitcher(scan.object_shape_px, n, crop_px=None, device=device))
+                     for _ in variants]
+        rots = [torch.polar(torch.ones(scan.n_patterns), torch.from_numpy(t).float())
+                for t in variants]
         positions = torch.from_numpy(scan.positions_px)
-        synced = Stitcher(scan.object_shape_px, n, crop_px=crop, device=device)
-        # the unsynchronized object from the same patches (one more canvas pair, no network pass)
-        raw = Stitcher(scan.object_shape_px, n, crop_px=crop, device=device) if cfg.phase_sync \
-            else None
         all_rows = np.arange(scan.n_patterns)
         for start in range(0, scan.n_patterns, cfg.batch_size):
             rows = all_rows[start:start + cfg.batch_size]
             patches = seed_patches(rows)
             pos = positions[rows].to(device)
-            synced.add(patches * rot[rows].to(device)[:, None, None], pos)
-            if raw is not None:
-                raw.add(patches, pos)
-        obj, covered = synced.result()
-        obj_raw = raw.result()[0] if raw is not None else None
+            for (cropped, whole), rot in zip(stitchers, rots):
+                rotated = patches * rot[rows].to(device)[:, None, None]
+                cropped.add(rotated, pos)
+                whole.add(rotated, pos)
+        objects = []
+        for cropped, whole in stitchers:
+            obj_c, covered = cropped.result()
+            obj_w, lit = whole.result()
+            # crop-stitched where covered, whole-patch values on the rim, free space (1) beyond
+            objects.append(np.where(covered, obj_c, np.where(lit, obj_w, 1)).astype(np.complex64))
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
+    obj = objects[0]
     amp = np.abs(obj[covered])
     try:
         assert_not_degenerate(obj[covered] if covered.any() else obj)
@@ -180,19 +194,17 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig) -> Reconstruct
             f"{scan.photons_per_pattern:.4g}: an untrained model or a dose far from the "
             "training data?)"
         ) from None
-    # pixels no (cropped) patch reached are unknown, not opaque: score them as free space (1)
-    nll = data_nll(np.where(covered, obj, 1), scan, batch_size=cfg.batch_size, device=device)
+    nll = data_nll(obj, scan, batch_size=cfg.batch_size, device=device)
     applied, nll_raw_mean = False, None
-    if obj_raw is not None:
+    if len(objects) > 1:
         # one truth-free rule for every arm: keep the synchronization only if the data agree
-        nll_raw = data_nll(np.where(covered, obj_raw, 1), scan, batch_size=cfg.batch_size,
-                           device=device)
+        nll_raw = data_nll(objects[1], scan, batch_size=cfg.batch_size, device=device)
         nll_raw_mean = float(np.mean(nll_raw))
         applied = float(np.mean(nll)) < nll_raw_mean
         log.info("phase synchronization %s: data NLL/px %.4f with, %.4f without",
                  "kept" if applied else "dropped", float(np.mean(nll)), nll_raw_mean)
         if not applied:
-            obj, nll, theta = obj_raw, nll_raw, np.zeros(scan.n_patterns)
+            obj, nll, theta = objects[1], nll_raw, np.zeros(scan.n_patterns)
     log.info("reconstructed %d patterns in %.2f s (%.0f patterns/s) on %s",
              scan.n_patterns, wall, scan.n_patterns / wall, device)
     return Reconstruction(object=obj, covered=covered, nll_per_pattern=nll, wall_time_s=wall,
