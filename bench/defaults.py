@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptypinn import data_nll, evaluate, load_config, reconstruct, simulate_train_test, train_model
+from ptypinn import (data_nll, evaluate, load_bundle, load_config, reconstruct,
+                     simulate_train_test, train_model)
 from ptypinn.stitch import default_crop_px
 
 CROPS = [16, 20, 24, 28, 32, 40]
@@ -57,6 +58,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--max-time-s", type=float, default=240.0)
+    ap.add_argument("--reuse-bundles", action="store_true",
+                    help="use the bundles a previous run left in OUT instead of training")
     a = ap.parse_args()
     out = Path(a.out)
     print(f"{platform.platform()} | {os.cpu_count()} cores | torch {torch.__version__} "
@@ -68,14 +71,18 @@ def main() -> None:
         for g in a.gridsizes:
             cfg = base(family, g, a.seed, a.epochs, a.max_time_s)
             train, test = simulate_train_test(cfg.simulation)
-            run = train_model(cfg, train, out / f"{family}_g{g}")
+            run_dir = out / f"{family}_g{g}"
+            if a.reuse_bundles and (run_dir / "bundle" / "manifest.json").is_file():
+                bundle = load_bundle(run_dir / "bundle")  # same seed: same data, same model
+            else:
+                bundle = train_model(cfg, train, run_dir).bundle
             truth_nll = float(np.mean(data_nll(test.object_true, test)))
             default_crop = default_crop_px(test.probe)
             default_reg = 0.0 if g > 1 else 0.01
             sweeps = [(c, None) for c in CROPS] + [(None, r) for r in REGS]
             for crop, reg in sweeps:
                 icfg = dataclasses.replace(cfg.infer, crop_px=crop, phase_sync_reg=reg)
-                rec = reconstruct(run.bundle, test, icfg)
+                rec = reconstruct(bundle, test, icfg)
                 m = evaluate(rec.object, test.object_true, mask=rec.covered)
                 nll = float(np.mean(rec.nll_per_pattern))
                 c_txt = f"{rec.crop_px}" + (" (default)" if rec.crop_px == default_crop else "")
