@@ -4,6 +4,7 @@ positions, chunked accumulation, bad pixels, config errors."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -246,3 +247,87 @@ def test_public_name_is_callable_after_the_submodule_is_imported(tiny_pair):
 
     res = ptypinn.refine(tiny_pair[1], RefineConfig(epochs=0, device="cpu"))
     assert isinstance(res, ptypinn.RefineResult)
+
+
+# ------------------------------------------------------------------------------------------------
+# interfaces: CLI and comparison arms
+
+
+def _untrained_bundle(scan):
+    """A small PINN bundle with random weights (its fixed physics layer already gives an
+    estimate: enough to start a refinement from)."""
+    from ptypinn.pinn.bundle import Bundle
+    from ptypinn.pinn.models import build_model
+
+    torch.manual_seed(0)
+    cfg = from_dict(Config, {"model": {"width": 8, "depth": 2}})
+    return Bundle.create(build_model(cfg.model, torch.from_numpy(scan.probe), 1), cfg)
+
+
+def test_run_arms_adds_the_refinement_arms(tiny_pair):
+    from ptypinn.config import InferConfig
+    from ptypinn.workflows.compare import run_arms
+
+    scan = tiny_pair[1]
+    cfg = RefineConfig(epochs=3, batch_size=32, check_every_epochs=3, device="cpu")
+    arms = run_arms(scan, pinn=_untrained_bundle(scan), infer_cfg=InferConfig(device="cpu"),
+                    refine=cfg)
+    assert [a.name for a in arms] == ["PINN", "PINN+refine", "refine from flat"]
+    pinn, refined, flat = arms
+    assert refined.nll_per_pixel < pinn.nll_per_pixel
+    assert refined.wall_time_s == pytest.approx(pinn.wall_time_s
+                                                + refined.details["refine_wall_time_s"])
+    assert refined.details["start"] == "PINN" and refined.details["epochs"] == 3
+    assert len(refined.details["nll_history"]) == 2
+    assert flat.details["start"] == "flat (ones)"
+    assert flat.wall_time_s == pytest.approx(flat.details["refine_wall_time_s"])
+    only_flat = run_arms(scan, refine=cfg)
+    assert [a.name for a in only_flat] == ["refine from flat"]
+    with pytest.raises(ValueError, match="refine.epochs"):
+        run_arms(scan, refine=RefineConfig(epochs=0))
+
+
+def test_cli_infer_and_reconstruct_with_refine(tiny_pair, tmp_path, capsys):
+    from ptypinn import io
+    from ptypinn.cli import main
+    from ptypinn.pinn.bundle import save_bundle
+
+    scan = tiny_pair[1]
+    io.write_scan(tmp_path / "scan.npz", scan)
+    save_bundle(tmp_path / "bundle", _untrained_bundle(scan))
+    out = tmp_path / "out"
+    assert main(["infer", str(tmp_path / "bundle"), "--scan", str(tmp_path / "scan.npz"),
+                 "-o", str(out), "--refine", "2", "--refine-positions",
+                 "--set", "refine.batch_size=32", "--set", "refine.check_every_epochs=1",
+                 "--set", "infer.device=cpu", "--set", "refine.device=cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["refine"]["epochs"] >= 1 and len(summary["refine"]["nll_history"]) >= 2
+    assert summary["nll_per_pixel_mean"] <= summary["nll_per_pixel_pinn"]
+    rec = io.load_npz(out / "reconstruction.npz")
+    assert {"object", "object_pinn", "probe", "positions_px"} <= set(rec)
+    nll = float(np.mean(data_nll(rec["object"], scan.replace(positions_px=rec["positions_px"]))))
+    assert nll == pytest.approx(summary["nll_per_pixel_mean"], rel=1e-5)
+    assert (out / "reconstruction_pinn.png").is_file()
+    assert "refinement:" in capsys.readouterr().out
+    resolved = (out / "config.resolved.yaml").read_text()
+    assert "refine_positions: true" in resolved and "epochs: 2" in resolved
+
+    out2 = tmp_path / "out2"
+    assert main(["reconstruct", str(tmp_path / "scan.npz"), "-o", str(out2), "--refine", "1",
+                 "--set", "model.width=8", "--set", "model.depth=2",
+                 "--set", "train.epochs=1", "--set", "train.progress_bar=false",
+                 "--set", "train.accelerator=cpu", "--set", "infer.device=cpu",
+                 "--set", "refine.device=cpu", "--set", "refine.check_every_epochs=1"]) == 0
+    summary = json.loads((out2 / "summary.json").read_text())
+    assert summary["refine"]["epochs"] == 1
+    assert summary["nll_per_pixel_mean"] <= summary["nll_per_pixel_pinn"]
+
+
+def test_cli_refine_errors_name_the_key(tiny_pair, tmp_path, capsys):
+    from ptypinn import io
+    from ptypinn.cli import main
+
+    io.write_scan(tmp_path / "scan.npz", tiny_pair[1])
+    assert main(["compare", str(tmp_path / "scan.npz"), "-o", str(tmp_path / "o"),
+                 "--refine", "-1"]) == 2
+    assert "refine.epochs" in capsys.readouterr().err
