@@ -72,13 +72,42 @@ def _read_scan(path: str, measurement: str | None = None):
     return ptypinn.read_scan(path, measurement=measurement)
 
 
+def _with_refine_flags(cfg: Any, args: argparse.Namespace) -> Any:
+    """``cfg`` with ``--refine N``, ``--refine-probe`` and ``--refine-positions`` applied to its
+    ``refine`` section."""
+    flags = {"epochs": args.refine, "refine_probe": True if args.refine_probe else None,
+             "refine_positions": True if args.refine_positions else None}
+    return dataclasses.replace(cfg, refine=dataclasses.replace(
+        cfg.refine, **{k: v for k, v in flags.items() if v is not None}))
+
+
+def _refine_pinn(recon: Any, scan: Any, cfg: Any) -> Any:
+    """Refine the network's stitched object (uncovered pixels = 1), or None when off."""
+    if cfg.refine.epochs == 0:
+        return None
+    import numpy as np
+
+    return ptypinn.refine(scan, cfg.refine, object_init=np.where(recon.covered, recon.object, 1))
+
+
+def _add_refine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refine", type=int, default=None, metavar="N",
+                   help="then refine the network's object by Poisson maximum likelihood for at "
+                   "most N epochs (until converged; default: refine.epochs, 0 = off)")
+    p.add_argument("--refine-probe", action="store_true",
+                   help="let the refinement refine the probe modes too (refine.refine_probe)")
+    p.add_argument("--refine-positions", action="store_true",
+                   help="let the refinement correct the positions (refine.refine_positions, "
+                   "at most refine.max_position_shift_px)")
+
+
 def _add_common(p: argparse.ArgumentParser, config_positional: bool = False) -> None:
     if config_positional:
         p.add_argument("config", nargs="?", help="YAML config (sections: simulation, grouping, "
-                       "model, train, infer, iterative)")
+                       "model, train, infer, iterative, refine)")
     else:
         p.add_argument("--config", "-c", help="YAML config (sections: simulation, grouping, "
-                       "model, train, infer, iterative)")
+                       "model, train, infer, iterative, refine)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one config value (repeatable)")
 
@@ -136,6 +165,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"patterns: {summary['n_patterns']}  inference+stitching: "
           f"{summary['wall_time_s']:.2f} s ({summary['patterns_per_s']:.0f} patterns/s)  "
           f"data NLL/pixel: {summary['nll_per_pixel_mean']:.3f}")
+    r = summary.get("refine")
+    if r:
+        print(f"refinement: {r['epochs']} epochs ({r['stop_reason']}), {r['wall_time_s']:.2f} s; "
+              f"data NLL/pixel {summary['nll_per_pixel_pinn']:.3f} (network) -> "
+              f"{summary['nll_per_pixel_mean']:.3f} (refined)")
     m = summary.get("metrics")
     if m:
         a, p = m["amplitude"], m["phase"]
@@ -147,21 +181,22 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def cmd_infer(args: argparse.Namespace) -> int:
     from ptypinn.workflows.outputs import write_outputs
 
-    cfg = _config(args)
+    cfg = _with_refine_flags(_config(args), args)
     bundle = ptypinn.load_bundle(args.run)
     scan = _read_scan(args.scan, args.measurement)
     out = Path(args.output)
     recon = ptypinn.reconstruct(bundle, scan, cfg.infer)
+    refined = _refine_pinn(recon, scan, cfg)
     _log_to_file(out)
     _write_config(out, cfg)
-    _print_summary(write_outputs(out, recon, scan, {"bundle": str(args.run)}))
+    _print_summary(write_outputs(out, recon, scan, {"bundle": str(args.run)}, refined=refined))
     return 0
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from ptypinn.workflows.outputs import write_outputs
 
-    cfg = _config(args)
+    cfg = _with_refine_flags(_config(args), args)
     scan = ptypinn.calibrate_probe(_read_scan(args.scan, args.measurement))
     out = Path(args.output)
     _log_to_file(out)
@@ -170,7 +205,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     bundle = ptypinn.train_model(cfg, scan, out / "run").bundle
     train_s = time.perf_counter() - t0
     recon = ptypinn.reconstruct(bundle, scan, cfg.infer)
-    _print_summary(write_outputs(out, recon, scan, {"train_time_s": train_s}))
+    refined = _refine_pinn(recon, scan, cfg)
+    _print_summary(write_outputs(out, recon, scan, {"train_time_s": train_s}, refined=refined))
     return 0
 
 
@@ -182,12 +218,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
              "optimize_probe": True if args.ptychi_refine_probe else None}
     cfg = dataclasses.replace(cfg, iterative=dataclasses.replace(
         cfg.iterative, **{k: v for k, v in flags.items() if v is not None}))
+    cfg = _with_refine_flags(cfg, args)
     engines = list(dict.fromkeys(args.ptychi or []))
     ptychi = [dataclasses.replace(cfg.iterative, algorithm=e) for e in engines] or None
     scan = _read_scan(args.scan, args.measurement)
     out = Path(args.output)
     arms = run_arms(scan, pinn=args.pinn, baseline=args.baseline, ptychi=ptychi,
-                    infer_cfg=cfg.infer)
+                    infer_cfg=cfg.infer, refine=cfg.refine if cfg.refine.epochs > 0 else None)
     _log_to_file(out)
     _write_config(out, cfg)
     print(summary_table(compare(scan, arms, out)))
@@ -259,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--scan", required=True, help="scan file to reconstruct")
     i.add_argument("-o", "--output", required=True, help="output directory")
     i.add_argument("--measurement", **measurement)
+    _add_refine(i)
     i.set_defaults(func=cmd_infer)
 
     r = sub.add_parser("reconstruct", help="self-supervised: train on a scan, then reconstruct it")
@@ -266,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(r, config_positional=False)
     r.add_argument("-o", "--output", required=True, help="output directory")
     r.add_argument("--measurement", **measurement)
+    _add_refine(r)
     r.set_defaults(func=cmd_reconstruct)
 
     c = sub.add_parser("compare", help="run PINN / baseline / pty-chi on one scan and compare them")
@@ -284,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "iterative.optimize_probe (false)")
     c.add_argument("-o", "--output", required=True, help="output directory")
     c.add_argument("--measurement", **measurement)
+    _add_refine(c)
     c.set_defaults(func=cmd_compare)
 
     y = sub.add_parser("study", help="parameter study: dose, overlap, generalization or probe")

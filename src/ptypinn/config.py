@@ -1,7 +1,7 @@
 """Run configuration: frozen dataclasses with units in field names, validated at construction.
 
 A run is described by one :class:`Config` made of sections (``simulation``, ``grouping``,
-``model``, ``train``, ``infer``, ``iterative``).  Configs are plain values: they are built from YAML or dicts,
+``model``, ``train``, ``infer``, ``iterative``, ``refine``).  Configs are plain values: they are built from YAML or dicts,
 modified with ``--set section.field=value`` overrides, passed explicitly to every function that
 needs them and written next to every output (:func:`to_dict`).  There is no global state.
 
@@ -32,6 +32,8 @@ __all__ = [
     "TrainConfig",
     "InferConfig",
     "IterativeConfig",
+    "RefineConfig",
+    "REFINE_OPTIMIZERS",
     "Config",
     "from_dict",
     "to_dict",
@@ -413,6 +415,82 @@ class IterativeConfig:
                 and tol > 0, f"{s}.convergence_rel_tol", "a finite number > 0", tol)
 
 
+RefineOptimizer = Literal["normalized", "adam"]
+REFINE_OPTIMIZERS: tuple[str, ...] = typing.get_args(RefineOptimizer)
+"""Update rules of the refinement (``refine.optimizer``; :mod:`ptypinn.refine`)."""
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Poisson maximum-likelihood refinement on the forward model (``refine`` section;
+    :func:`ptypinn.refine.refine`).
+
+    Attributes
+    ----------
+    epochs : int
+        Most passes over all patterns (the cap); 0 turns refinement off.
+    batch_size : int
+        Patterns per update (memory is O(canvas + batch)), ``>= 1``.
+    optimizer : {"normalized", "adam"}
+        ``normalized``: the likelihood gradient divided by a diagonal bound of its curvature
+        (ePIE/LSQML-like, step in units of that Gauss-Newton step); ``adam``: Adam on object
+        and probe (step = learning rate relative to their initial largest amplitude).
+    step : float
+        Step size of object and probe updates (dimensionless), finite, ``> 0``.
+    refine_probe : bool
+        Also refine the probe (all modes; kept orthogonal after every update).
+    refine_positions : bool
+        Also refine per-pattern position offsets (position correction).
+    max_position_shift_px : float
+        Largest correction of each position coordinate (px), ``>= 0``.
+    check_every_epochs : int
+        Epochs between two data-NLL checks, ``>= 1``.
+    convergence_rel_tol : float
+        Stop when the excess data NLL per pixel improved over the last check by less than this
+        fraction of the previous check's value (or got worse); finite, ``> 0``.
+    device : str
+        ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:k``.
+    seed : int
+        Seed of the minibatch order, ``>= 0``.
+    """
+
+    epochs: int = 0
+    batch_size: int = 64
+    optimizer: RefineOptimizer = "normalized"
+    step: float = 1.0
+    refine_probe: bool = False
+    refine_positions: bool = False
+    max_position_shift_px: float = 2.0
+    check_every_epochs: int = 5
+    convergence_rel_tol: float = 1e-3
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        s = "refine"
+        require(_is_int(self.epochs) and self.epochs >= 0, f"{s}.epochs", "an integer >= 0",
+                self.epochs)
+        for name in ("batch_size", "check_every_epochs"):
+            v = getattr(self, name)
+            require(_is_int(v) and v >= 1, f"{s}.{name}", "an integer >= 1", v)
+        require(self.optimizer in REFINE_OPTIMIZERS, f"{s}.optimizer",
+                f"one of {REFINE_OPTIMIZERS}", self.optimizer)
+        for name, lo in (("step", "> 0"), ("convergence_rel_tol", "> 0"),
+                         ("max_position_shift_px", ">= 0")):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            require(ok and (v >= 0 if lo == ">= 0" else v > 0), f"{s}.{name}",
+                    f"a finite number {lo}", v)
+        for name in ("refine_probe", "refine_positions"):
+            v = getattr(self, name)
+            require(isinstance(v, bool), f"{s}.{name}", "true/false", v)
+        d = self.device
+        require(isinstance(d, str) and (d in ("auto", "cpu", "cuda") or
+                                        (d.startswith("cuda:") and d[5:].isdigit())),
+                f"{s}.device", "'auto', 'cpu', 'cuda' or 'cuda:k'", d)
+        require(_is_int(self.seed) and self.seed >= 0, f"{s}.seed", "an integer >= 0", self.seed)
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole run: one section per stage."""
@@ -423,6 +501,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     iterative: IterativeConfig = field(default_factory=IterativeConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
 
 # ------------------------------------------------------------------------------------------------

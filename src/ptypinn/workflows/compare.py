@@ -29,7 +29,9 @@ arm's data Poisson NLL per pixel (minus the saturated model's; about 0.5 for a p
 high counts), the ground-truth-free measure of fit.
 
 Timings are ``wall_time_s`` of each arm's reconstruction (network: inference + stitching; pty-chi:
-building and running its task) and ``speed-up = PtyChi wall time / arm wall time``.
+building and running its task; "PINN+refine": the PINN's inference + stitching plus the
+refinement's updates; "refine from flat": the refinement's updates; the refinement's NLL checks
+are excluded, as pty-chi's are) and ``speed-up = PtyChi wall time / arm wall time``.
 """
 
 from __future__ import annotations
@@ -48,18 +50,24 @@ import numpy as np
 
 from ptypinn import io, stitch
 from ptypinn.baselines.ptychi import ptychi_available, reconstruct_ptychi
-from ptypinn.config import ARM_LABELS, InferConfig, IterativeConfig
+from ptypinn.config import ARM_LABELS, InferConfig, IterativeConfig, RefineConfig
 from ptypinn.data import ScanData
 from ptypinn.physics import data_nll
 from ptypinn.pinn.bundle import Bundle, load_bundle
 from ptypinn.pinn.infer import reconstruct
 from ptypinn.metrics import align, evaluate, frc_interior, metrics_long_rows
+from ptypinn.refine import RefineResult, refine as refine_scan
+from ptypinn.workflows.outputs import refine_summary
 
 
-__all__ = ["ArmResult", "footprint_mask", "run_arms", "compare", "summary_table"]
+__all__ = ["ArmResult", "REFINE_ARM_LABELS", "footprint_mask", "run_arms", "compare",
+           "summary_table"]
 
 log = logging.getLogger(__name__)
 
+REFINE_ARM_LABELS = {"pinn_refine": "PINN+refine", "refine_flat": "refine from flat"}
+"""Labels of the refinement arms (:func:`run_arms` with ``refine``).  They are not in
+``config.ARM_LABELS``, whose keys are the arms a study can run."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +130,10 @@ def _network(source: str | os.PathLike | Bundle, kind: str) -> tuple[str, Bundle
 def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
              baseline: str | os.PathLike | Bundle | None = None,
              ptychi: IterativeConfig | Sequence[IterativeConfig] | None = None,
-             infer_cfg: InferConfig = InferConfig()) -> list[ArmResult]:
-    """Reconstruct ``scan`` with each requested arm, in the order PINN, Baseline, PtyChi.
+             infer_cfg: InferConfig = InferConfig(),
+             refine: RefineConfig | None = None) -> list[ArmResult]:
+    """Reconstruct ``scan`` with each requested arm, in the order PINN, Baseline, PtyChi,
+    PINN+refine, refine from flat.
 
     Every input is checked (bundles loaded, kinds matched, pty-chi importable) before anything
     runs.
@@ -144,6 +154,13 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
     infer_cfg : InferConfig
         Batch size, crop, precision and device of the network arms; the crop also defines
         pty-chi's covered region.
+    refine : RefineConfig, optional
+        Also run the refinement (:func:`ptypinn.refine.refine`, ``refine.epochs >= 1``):
+        "PINN+refine" from the PINN arm's object (uncovered pixels = 1) when there is a PINN
+        arm, and "refine from flat" from ones.  Their ``wall_time_s`` is the refinement's
+        update time, plus the PINN's inference time for "PINN+refine"; ``nll_per_pixel`` is
+        measured with the refined probe and positions when those were refined; ``details``
+        hold the epochs, stop reason and NLL history.
 
     Returns
     -------
@@ -154,8 +171,12 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
     ValueError
         No arm requested, a bundle of the wrong kind, or pty-chi not usable (with the reason).
     """
-    if pinn is None and baseline is None and ptychi is None:
-        raise ValueError("arms: expected at least one of pinn, baseline, ptychi, got none")
+    if pinn is None and baseline is None and ptychi is None and refine is None:
+        raise ValueError("arms: expected at least one of pinn, baseline, ptychi, refine, got "
+                         "none")
+    if refine is not None and refine.epochs < 1:
+        raise ValueError(f"refine.epochs: expected >= 1 for the refinement arms, got "
+                         f"{refine.epochs}")
     networks = [(kind, *_network(source, kind))
                 for kind, source in (("pinn", pinn), ("baseline", baseline)) if source is not None]
     if ptychi is not None:
@@ -203,7 +224,36 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
                                                      "wall_time_s": c[2].wall_time_s,
                                                      "stop_reason": c[2].stop_reason}
                                     for c in candidates}}))
+    if refine is not None:
+        pinn_arm = next((a for a in arms if a.name == ARM_LABELS["pinn"]), None)
+        starts = ([] if pinn_arm is None else
+                  [("pinn_refine", np.where(pinn_arm.covered, pinn_arm.object, 1), pinn_arm)])
+        starts.append(("refine_flat", None, None))
+        for key, start, base in starts:
+            res = refine_scan(scan, refine, object_init=start)
+            arms.append(_refine_arm(scan, REFINE_ARM_LABELS[key], res, base, refine,
+                                    footprint_mask(scan, infer_cfg.crop_px)))
     return arms
+
+
+def _refine_arm(scan: ScanData, name: str, res: RefineResult, base: ArmResult | None,
+                cfg: RefineConfig, covered: np.ndarray) -> ArmResult:
+    """An arm from a refinement; ``base`` is the arm it started from (its time is added)."""
+    wall = res.wall_time_s + (base.wall_time_s if base is not None else 0.0)
+    log.info("%s: %d epochs (%s), %.2f s%s, data NLL/px %.4f", name, res.epochs,
+             res.stop_reason, wall, f" (incl. {base.name} {base.wall_time_s:.2f} s)"
+             if base is not None else "", res.nll_per_pixel)
+    details = {**refine_summary(res), "refine_wall_time_s": res.wall_time_s,
+               "start": base.name if base is not None else "flat (ones)",
+               "start_wall_time_s": base.wall_time_s if base is not None else 0.0,
+               "optimizer": cfg.optimizer, "step": cfg.step,
+               "probe": "refined" if cfg.refine_probe else "fixed",
+               "positions": "refined" if cfg.refine_positions else "fixed"}
+    details["wall_time_s"] = wall
+    return ArmResult(name=name, object=res.object,
+                     covered=base.covered if base is not None else covered, wall_time_s=wall,
+                     patterns_per_s=scan.n_patterns / wall if wall > 0 else math.nan,
+                     nll_per_pixel=res.nll_per_pixel, details=details)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -366,12 +416,12 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 
 def summary_table(summary: dict[str, Any]) -> str:
     """A few readable lines of :func:`compare`'s summary for the console."""
-    lines = [f"{'model':<10} {'time (s)':>9} {'patt/s':>8} {'speed-up':>9} {'NLL/px':>7}"
+    lines = [f"{'model':<16} {'time (s)':>9} {'patt/s':>8} {'speed-up':>9} {'NLL/px':>7}"
              + ("  amp SSIM  amp r  phase SSIM  phase r  FRC1/2 (px)"
                 if summary["ground_truth"] else "")]
     for name, a in summary["arms"].items():
         su = a["speedup_vs_ptychi"]
-        line = (f"{name:<10} {a['wall_time_s']:>9.3g} {_fmt(a['patterns_per_s'], '.0f'):>8} "
+        line = (f"{name:<16} {a['wall_time_s']:>9.3g} {_fmt(a['patterns_per_s'], '.0f'):>8} "
                 f"{(_fmt(su, '.1f') + 'x') if su is not None else '-':>9} "
                 f"{_fmt(a['nll_per_pixel']):>7}")
         m = a.get("metrics")

@@ -1,0 +1,495 @@
+r"""Poisson maximum-likelihood refinement on the project's forward model (SPEC §5 "Refinement").
+
+:func:`refine` minimizes the Poisson negative log-likelihood of the measured counts,
+``L = sum_patterns sum_pixels (I - n log(I + eps))`` over the valid detector pixels
+(``scan.bad_pixels`` excluded), with ``I = sum_k |F(P_k * A_p O)|^2``
+(:func:`ptypinn.physics.predicted_intensity` of :func:`ptypinn.physics.extract_patches`), over
+
+* the object ``O`` (always), starting from a given object -- e.g. a PINN's stitched object with
+  its uncovered pixels set to 1 -- or from a flat object (ones), where it is a complete iterative
+  solver;
+* optionally the probe modes ``P_k`` (``refine.refine_probe``), kept orthogonal after every
+  update (:func:`orthogonalize_modes`, an SVD of the flattened modes; it changes neither the
+  total power nor any predicted intensity);
+* optionally one offset per position (``refine.refine_positions``), each coordinate clamped to
+  ``refine.max_position_shift_px`` and to the object frame.
+
+It is minibatched and streaming: object and probe live on the chosen device, the counts stay on
+the CPU and each minibatch (``refine.batch_size`` patterns, a seeded random order per epoch) is
+moved there, so memory is O(canvas + batch).  Every ``refine.check_every_epochs`` epochs the
+excess data NLL per pixel (:func:`ptypinn.physics.excess_nll_per_pixel`, mean over patterns; 0.5
+is the noise floor at high counts) is computed and logged; the run stops when it improved by no
+more than ``refine.convergence_rel_tol`` of the previous value, got worse, stopped being finite,
+or ``refine.epochs`` is reached, and the lowest-NLL state is returned.  ``wall_time_s`` counts
+the updates only; the checks are ``nll_check_time_s`` (as for the pty-chi arm).
+
+Update rules (``refine.optimizer``)
+-----------------------------------
+Gradients are exact (autograd of :func:`refinement_loss`); torch's gradient of a real loss with
+respect to a complex tensor ``z`` is ``dL/dRe z + i dL/dIm z``.
+
+``normalized`` (default): the gradient divided by a diagonal bound of the curvature.  Near the
+optimum the NLL of one detector pixel, as a function of the far-field amplitude, has curvature 4
+(``L(r) = r^2 - n log r^2``, ``L'' = 2 + 2n/r^2 = 4`` at ``r^2 = n``), so by Parseval a unit
+change of ``O`` at one pixel costs at most ``4 sum_k |P_k|^2`` summed over the batch's windows::
+
+    O <- O - step * g_O / (4 (S_P + a max S_P)),    S_P = A^T sum_k |P_k|^2  (batch windows)
+    P <- P - step * g_P / (4 (S_O + a max S_O)),    S_O = sum_b |A_b O|^2
+    r <- r - 2 g_r / (4 sum_k sum |P_k d(A_r O)/dr|^2 + a mean)   (each coordinate, <= 0.5 px)
+
+with ``a = 0.1`` (the rPIE-like floor for weakly lit pixels) and ``d(A_r O)/dr`` the difference
+of the patches at ``r +- 0.5 px``.  ``step = 1`` is a Newton step of the amplitude, what ePIE
+does with ``alpha = 1``.  In the backward pass ``dL/dI = 1 - n/I`` is scaled by ``2I/(I + n)``
+per detector pixel (:func:`refinement_loss`'s ``newton_weights``): the per-pixel Newton step of
+the amplitude, ``-r (I - n)/(I + n)``, which stays bounded where the model is much darker than
+the data (a flat start is; the plain gradient then oscillates: 0.62 -> 0.65 NLL/px "worse"
+after 20 epochs on the test scan of ``tests/conftest.py``, against 0.57 and still falling with
+the scaling).  Positions always use this rule (their step is 2, the bound being about twice the
+expected curvature).
+
+``adam``: :class:`torch.optim.Adam` on object and probe, learning rate ``step`` times the
+initial largest amplitude of each.
+
+Measurement (``PYTHONPATH=src python bench/refine_choice.py --size 64 --epochs 40``, one CPU
+thread of a shared 2-core machine, so seconds are noisy; 'lines' test scan of
+``simulate_train_test``, 64x64 patterns, 256 patterns, 1e6 photons per pattern, flat start,
+batch 32, no early stop; excess data NLL per pixel after 5/10/20/40 epochs, the truth's 0.242;
+seconds per epoch are equal within noise, 0.06-0.08 s, for every rule)::
+
+    rule               step    @5     @10    @20    @40
+    normalized+newton  0.5    0.994  0.468  0.331  0.295
+    normalized+newton  1      0.466  0.333  0.300  0.292
+    normalized+newton  2     37.4   14.1    0.489  0.320
+    normalized (plain) 1      0.630  0.396  0.299  0.266
+    adam               0.01 298.6   60.1    2.34   0.319
+    adam               0.03  10.5    0.838  0.302  0.327 (rises after ~20)
+    adam               0.1   11.5    1.08   0.699  2.19
+
+With 32x32 patterns (``--size 32``, truth 0.295) at 40 epochs: newton 1: 0.411, plain 1:
+0.401, adam 0.01: 0.572, adam 0.03: 1.31.  Every epoch costs the same, so NLL per second is NLL
+per epoch.  Default: ``normalized`` with the Newton weights and ``step = 1``: lowest NLL in
+the first 5-10 epochs (what a refinement from a PINN start runs) and monotone, so the
+convergence stop does not fire on a spurious rise; the plain gradient ends lower on the 64x64
+scan after 40 epochs (0.266 vs 0.292) but rose between checks on the 32x32 test scan.  Adam is
+slower and needs its learning rate tuned per scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ptypinn.config import RefineConfig, require
+from ptypinn.data import ScanData
+from ptypinn.physics import (excess_nll_per_pixel, extract_patches, place_patches,
+                             poisson_nll, predicted_intensity, probe_modes)
+
+__all__ = ["RefineResult", "refinement_loss", "loss_and_gradients", "orthogonalize_modes",
+           "refine"]
+
+log = logging.getLogger(__name__)
+
+POISSON_EPS = 1e-6
+"""``eps`` inside the log of the likelihood (as ``model.poisson_eps``' default)."""
+NEWTON_WEIGHTS = True
+_FLOOR = 0.1
+"""Relative floor ``a`` of the curvature bounds (rPIE-like), see the module docstring."""
+_POSITION_STEP = 2.0
+"""Step of the position updates in units of the curvature bound (which is about twice the
+expected curvature: measured, rms error 1.14 -> 0.15 px in 30 epochs instead of 0.26 px with 1)."""
+_MAX_POSITION_STEP_PX = 0.5
+"""Largest change of one position coordinate in one update (px)."""
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    """Outcome of :func:`refine`, in the scan's object frame.
+
+    Attributes
+    ----------
+    object : complex64 ``(Hy, Wx)``
+        Refined object (the lowest-NLL check's state).
+    probe : complex64, shape of the initial probe (``(H, W)`` or ``(M, H, W)``)
+        Probe of that state in photon units (the initial probe when it was not refined).
+    positions_px : float64 ``(n, 2)``
+        Window centres ``(y, x)`` of that state (the scan's when positions were not refined).
+    nll_history : list of (int, float, float)
+        ``(epochs_done, wall_time_s, nll_per_pixel)`` per check, the first at epoch 0 (the
+        start): epochs run, cumulative update seconds, excess data NLL per pixel (mean over
+        patterns; NaN when not finite).
+    epochs : int
+        Epochs run.
+    wall_time_s : float
+        Update seconds (excluding the NLL checks).
+    stop_reason : str
+        ``"tolerance"``, ``"worse"``, ``"diverged"``, ``"cap"`` (``epochs`` reached) or ``"off"``
+        (``epochs == 0``).
+    nll_check_time_s : float
+        Seconds spent in the NLL checks.
+    """
+
+    object: np.ndarray
+    probe: np.ndarray
+    positions_px: np.ndarray
+    nll_history: list[tuple[int, float, float]] = field(default_factory=list)
+    epochs: int = 0
+    wall_time_s: float = 0.0
+    stop_reason: str = "off"
+    nll_check_time_s: float = 0.0
+
+    @property
+    def nll_per_pixel(self) -> float:
+        """Excess data NLL per pixel of the returned state (lowest finite check)."""
+        finite = [h[2] for h in self.nll_history if math.isfinite(h[2])]
+        return min(finite) if finite else math.nan
+
+
+# ------------------------------------------------------------------------------------------------
+# the loss and its gradients
+
+
+def refinement_loss(obj: torch.Tensor, probe: torch.Tensor, positions_px: torch.Tensor,
+                    counts: torch.Tensor, bad_pixels: torch.Tensor | None = None,
+                    eps: float = POISSON_EPS, newton_weights: bool = False) -> torch.Tensor:
+    """Poisson NLL of a batch of patterns, summed: the objective of :func:`refine`.
+
+    Parameters
+    ----------
+    obj : complex ``(Hy, Wx)``
+        Object in the scan's frame.
+    probe : complex ``(H, W)`` or ``(M, H, W)``
+        Probe (modes) in photon units.
+    positions_px : float ``(B, 2)``
+        Window centres ``(y, x)`` (px); differentiable (bilinear interpolation).
+    counts : real ``(B, H, W)``
+        Measured counts.
+    bad_pixels : bool ``(H, W)``, optional
+        Excluded detector pixels (True = bad).
+    eps : float
+        Regulariser inside the log.
+    newton_weights : bool
+        Leave the value unchanged but scale ``dL/dI`` by ``2 I / (I + n)`` in the backward pass
+        (see the module docstring: the ``normalized`` rule's per-pixel Newton scaling, which
+        bounds ``(1 - n/I)`` where the model is much darker than the data).
+
+    Returns
+    -------
+    float64 scalar
+        ``sum_b poisson_nll(I_b, n_b)`` (``log n!`` omitted).
+    """
+    n = counts.shape[-1]
+    patches = extract_patches(obj[None], positions_px[None], n)[0]
+    intensity = predicted_intensity(probe, patches)
+    if newton_weights and intensity.requires_grad:
+        weight = (2 * intensity / (intensity + counts + eps)).detach()
+        intensity.register_hook(lambda grad: grad * weight)
+    return poisson_nll(intensity, counts, eps, bad_pixels).sum()
+
+
+def loss_and_gradients(obj: torch.Tensor, probe: torch.Tensor, positions_px: torch.Tensor,
+                       counts: np.ndarray | torch.Tensor, bad_pixels: torch.Tensor | None = None,
+                       batch_size: int = 64, eps: float = POISSON_EPS
+                       ) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss and gradients over all patterns, accumulated chunk by chunk (O(canvas + batch)).
+
+    Parameters
+    ----------
+    obj, probe : complex tensors on the compute device (see :func:`refinement_loss`).
+    positions_px : float ``(n, 2)`` on the compute device.
+    counts : ``(n, H, W)`` on the CPU (numpy or torch); chunks are moved to ``obj.device``.
+    bad_pixels : bool ``(H, W)`` on the compute device, optional.
+    batch_size : int
+        Patterns per chunk.
+
+    Returns
+    -------
+    (loss, g_obj, g_probe, g_positions)
+        Loss (float) and its gradients ``dL/dRe + i dL/dIm`` for object and probe, ``dL/dr``
+        ``(n, 2)`` for the positions.
+    """
+    counts = torch.as_tensor(counts)
+    o = obj.detach().requires_grad_(True)
+    p = probe.detach().requires_grad_(True)
+    g_pos = torch.zeros_like(positions_px)
+    total = 0.0
+    for s in range(0, counts.shape[0], batch_size):
+        r = positions_px[s:s + batch_size].detach().requires_grad_(True)
+        loss = refinement_loss(o, p, r, counts[s:s + batch_size].to(obj.device), bad_pixels, eps)
+        loss.backward()
+        total += float(loss.detach())
+        g_pos[s:s + batch_size] = r.grad
+    return total, o.grad, p.grad, g_pos
+
+
+def orthogonalize_modes(probe: torch.Tensor) -> torch.Tensor:
+    """Orthogonal probe modes spanning the same incoherent sum, strongest first.
+
+    An SVD of the flattened modes ``(M, H*W) = U S V^H`` gives the modes ``S V^H``: a unitary
+    mix of the old ones, so ``sum_k |F(P_k O)|^2`` and the total power ``sum |P|^2`` are
+    unchanged.
+
+    Parameters
+    ----------
+    probe : complex ``(M, H, W)``
+
+    Returns
+    -------
+    complex ``(M, H, W)``, mutually orthogonal, sorted by decreasing power.
+    """
+    m = probe.shape[0]
+    if m == 1:
+        return probe
+    flat = probe.reshape(m, -1)
+    u, s, vh = torch.linalg.svd(flat, full_matrices=False)
+    return (s[:, None].to(vh.dtype) * vh).reshape(probe.shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# the solver
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    require(not name.startswith("cuda") or torch.cuda.is_available(), "refine.device",
+            "'cpu' or 'auto' (CUDA is not available here)", name)
+    return torch.device(name)
+
+
+def _stop_reason(nll: float, previous: float | None, rel_tol: float) -> str | None:
+    """Why the run stops after a check with NLL ``nll`` (``previous``: the last check's)."""
+    if not math.isfinite(nll):
+        return "diverged"
+    if previous is None:
+        return None
+    if nll > previous:
+        return "worse"
+    if previous - nll <= rel_tol * previous:
+        return "tolerance"
+    return None
+
+
+class _State:
+    """Object, probe modes and position offsets on the device, and one update rule."""
+
+    def __init__(self, scan: ScanData, cfg: RefineConfig, obj: np.ndarray, probe: np.ndarray,
+                 device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.n = scan.pattern_size
+        self.shape = scan.object_shape_px
+        self.obj = torch.from_numpy(np.array(obj, dtype=np.complex64)).to(device)
+        self.probe_shape = np.shape(probe)
+        self.probe = probe_modes(torch.from_numpy(np.array(probe, dtype=np.complex64))).to(device)
+        self.base = torch.from_numpy(scan.positions_px.astype(np.float64)).to(device)
+        self.offsets = torch.zeros_like(self.base)
+        self.bad = (torch.from_numpy(scan.bad_pixels).to(device)
+                    if scan.bad_pixels is not None else None)
+        # corrected windows stay inside the frame: start >= 0, start + N <= shape (a fractional
+        # start below shape - N still has its bilinear neighbour pixel inside)
+        half = self.n / 2
+        self.lo = torch.tensor([half, half], dtype=torch.float64, device=device)
+        self.hi = torch.tensor([self.shape[0] - half, self.shape[1] - half],
+                               dtype=torch.float64, device=device)
+        self.adam = None
+        if cfg.optimizer == "adam":
+            self.obj.requires_grad_(True)
+            groups = [{"params": [self.obj],
+                       "lr": cfg.step * max(float(self.obj.detach().abs().max()), 1e-12)}]
+            if cfg.refine_probe:
+                self.probe.requires_grad_(True)
+                groups.append({"params": [self.probe],
+                               "lr": cfg.step * float(self.probe.detach().abs().max())})
+            self.adam = torch.optim.Adam(groups)
+
+    def positions(self) -> torch.Tensor:
+        return self.base + self.offsets
+
+    def update(self, rows: torch.Tensor, counts: torch.Tensor) -> None:
+        """One minibatch update from the patterns ``rows`` with measured ``counts``."""
+        cfg = self.cfg
+        o = self.obj if self.adam is not None else self.obj.detach().requires_grad_(True)
+        p = (self.probe if self.adam is not None else
+             self.probe.detach().requires_grad_(cfg.refine_probe))
+        r = self.positions()[rows].detach().requires_grad_(cfg.refine_positions)
+        loss = refinement_loss(o, p, r, counts, self.bad,
+                               newton_weights=self.adam is None and NEWTON_WEIGHTS)
+        if self.adam is not None:
+            self.adam.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            if cfg.refine_positions:
+                self._step_positions(rows, r, r.grad)
+            if self.adam is not None:
+                self.adam.step()
+            else:
+                self._step_normalized(o.grad, p.grad, r)
+            if cfg.refine_probe:
+                self.probe.copy_(orthogonalize_modes(self.probe))
+
+    def _step_normalized(self, g_obj: torch.Tensor, g_probe: torch.Tensor | None,
+                         r: torch.Tensor) -> None:
+        step = self.cfg.step
+        b = r.shape[0]
+        power = (self.probe.real.square() + self.probe.imag.square()).sum(0)  # (H, W)
+        illum = place_patches(power.expand(1, b, self.n, self.n), r.detach()[None],
+                              self.shape)[0]
+        if self.cfg.refine_probe and g_probe is not None:
+            patches = extract_patches(self.obj[None], r.detach()[None], self.n)[0]
+            s_o = (patches.real.square() + patches.imag.square()).sum(0)  # (H, W)
+            self.probe -= step * g_probe / (4 * (s_o + _FLOOR * s_o.max()))
+        self.obj -= step * g_obj / (4 * (illum + _FLOOR * illum.max()))
+
+    def _step_positions(self, rows: torch.Tensor, r: torch.Tensor, g: torch.Tensor) -> None:
+        """Gauss-Newton step of each position coordinate, clamped (see the module docstring)."""
+        r = r.detach()
+        power = (self.probe.real.square() + self.probe.imag.square()).sum(0)
+        curv = []
+        for axis in (0, 1):
+            e = torch.zeros(2, dtype=r.dtype, device=r.device)
+            e[axis] = 0.5
+            d = (extract_patches(self.obj.detach()[None], (r + e)[None], self.n)[0]
+                 - extract_patches(self.obj.detach()[None], (r - e)[None], self.n)[0])
+            curv.append(4 * ((d.real.square() + d.imag.square()) * power).sum(dim=(-2, -1)))
+        h = torch.stack(curv, dim=-1).to(torch.float64)  # (B, 2)
+        h = h + _FLOOR * h.mean() + 1e-30
+        delta = (-_POSITION_STEP * g / h).clamp(-_MAX_POSITION_STEP_PX, _MAX_POSITION_STEP_PX)
+        lim = self.cfg.max_position_shift_px
+        off = (self.offsets[rows] + delta).clamp(-lim, lim)
+        # the corrected window must stay inside the frame
+        off = torch.maximum(torch.minimum(self.base[rows] + off, self.hi), self.lo) \
+            - self.base[rows]
+        self.offsets[rows] = off
+
+    def nll(self, counts: torch.Tensor, batch_size: int) -> float:
+        """Mean excess NLL per pixel over all patterns (no gradient)."""
+        total, n = 0.0, counts.shape[0]
+        pos = self.positions()
+        with torch.no_grad():
+            obj = self.obj.detach()
+            for s in range(0, n, batch_size):
+                c = counts[s:s + batch_size].to(self.device)
+                patches = extract_patches(obj[None], pos[s:s + batch_size][None], self.n)[0]
+                pred = predicted_intensity(self.probe.detach(), patches)
+                total += float(excess_nll_per_pixel(pred, c, POISSON_EPS, self.bad).sum())
+        return total / n
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (self.obj.detach().cpu().numpy().astype(np.complex64),
+                self.probe.detach().cpu().numpy().astype(np.complex64).reshape(self.probe_shape),
+                self.positions().cpu().numpy().astype(np.float64))
+
+
+def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = None,
+           probe_init: np.ndarray | None = None) -> RefineResult:
+    """Refine an object (and optionally probe and positions) by Poisson maximum likelihood.
+
+    Parameters
+    ----------
+    scan : ScanData
+        Counts ``(n, H, W)``, positions ``(n, 2)``, probe, bad pixels; the object frame is
+        ``scan.object_shape_px``.
+    cfg : RefineConfig
+        ``epochs`` (cap; 0 returns the start unchanged), batch size, update rule, what to refine,
+        convergence checks, device, seed.
+    object_init : complex ``(Hy, Wx)``, optional
+        Starting object (e.g. a PINN's stitched object with uncovered pixels set to 1); None: a
+        flat object (ones).
+    probe_init : complex ``(H, W)`` or ``(M, H, W)``, optional
+        Starting probe in photon units; None: ``scan.probe``.
+
+    Returns
+    -------
+    RefineResult
+        The lowest-NLL state seen at the checks, its NLL history and the timings.
+
+    Raises
+    ------
+    ValueError
+        On an initial object or probe of the wrong shape or with NaN/Inf values.
+    """
+    shape = scan.object_shape_px
+    obj0 = np.ones(shape, np.complex64) if object_init is None else np.asarray(object_init)
+    require(obj0.shape == shape, "object_init", f"shape {shape} (the scan's object frame)",
+            obj0.shape)
+    require(bool(np.isfinite(obj0).all()), "object_init", "finite values", "NaN/Inf")
+    probe0 = scan.probe if probe_init is None else np.asarray(probe_init)
+    require(probe0.shape[-2:] == scan.probe.shape[-2:] and probe0.ndim in (2, 3), "probe_init",
+            f"shape (H, W) or (M, H, W) with H = W = {scan.pattern_size}", probe0.shape)
+    require(bool(np.isfinite(probe0).all()), "probe_init", "finite values", "NaN/Inf")
+    device = _device(cfg.device)
+    state = _State(scan, cfg, obj0, probe0, device)
+    counts = torch.from_numpy(scan.counts)  # stays on the CPU; batches are moved
+    n = scan.n_patterns
+    check_batch = max(cfg.batch_size, 256)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    t = time.perf_counter()
+    nll = state.nll(counts, check_batch)
+    check_s = time.perf_counter() - t
+    history: list[tuple[int, float, float]] = [(0, 0.0, nll)]
+    best = (nll, state.snapshot()) if math.isfinite(nll) else None
+    log.info("refine: %d patterns %dx%d, object %dx%d, %s step %g, probe %s, positions %s, "
+             "at most %d epochs on %s; start: data NLL %.6g per pixel", n, scan.pattern_size,
+             scan.pattern_size, shape[0], shape[1], cfg.optimizer, cfg.step,
+             "refined" if cfg.refine_probe else "fixed",
+             "refined" if cfg.refine_positions else "fixed", cfg.epochs, device, nll)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    reason = "off" if cfg.epochs == 0 else "cap"
+    solver_s = 0.0
+    done = 0
+    while done < cfg.epochs:
+        t = time.perf_counter()
+        for _ in range(min(cfg.check_every_epochs, cfg.epochs - done)):
+            order = torch.randperm(n, generator=gen)
+            for s in range(0, n, cfg.batch_size):
+                rows = order[s:s + cfg.batch_size]
+                state.update(rows.to(device), counts[rows].to(device, non_blocking=True))
+            done += 1
+        sync()
+        solver_s += time.perf_counter() - t
+        t = time.perf_counter()
+        nll = state.nll(counts, check_batch)
+        check_s += time.perf_counter() - t
+        previous = history[-1][2]
+        history.append((done, solver_s, nll))
+        log.info("refine: epoch %d, data NLL %.6g per pixel, %.2f s", done, nll, solver_s)
+        if math.isfinite(nll) and (best is None or nll < best[0]):
+            best = (nll, state.snapshot())
+        stop = _stop_reason(nll, previous if math.isfinite(previous) else None,
+                            cfg.convergence_rel_tol)
+        if stop is not None:
+            reason = stop
+            break
+    if best is None:
+        raise RuntimeError("refine: the data NLL was never finite (NaN/Inf in the start or the "
+                           "updates); try a smaller refine.step")
+    obj, probe, positions = best[1]
+    log.info("refine done: %d epochs (%s), %.2f s, NLL checks %.2f s, data NLL %.6g per pixel",
+             done, reason, solver_s, check_s, best[0])
+    return RefineResult(object=obj, probe=probe, positions_px=positions, nll_history=history,
+                        epochs=done, wall_time_s=solver_s, stop_reason=reason,
+                        nll_check_time_s=check_s)
+
+
+class _CallableModule(types.ModuleType):
+    """``ptypinn.refine`` is both this module and the public function :func:`refine`: importing
+    the submodule sets the package attribute ``ptypinn.refine`` to the module, which would
+    shadow the lazily resolved function, so calling the module calls the function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> RefineResult:
+        return refine(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
