@@ -8,7 +8,7 @@ Simulates the 'lines' test scan of ``simulate_train_test`` (1e6 photons per patt
 it from a flat object with each candidate rule for a fixed number of epochs (the convergence
 stop disabled, except on NaN) and prints, per candidate: seconds per epoch, the excess data NLL per pixel
 after 5, 10, 20 and all epochs, and the seconds until the NLL first came within 0.05 of the
-truth's (``t(truth+0.05)``; '-' when never).  The result is quoted in ``ptypinn.refine``'s
+truth's (``t(truth+0.05)``; '-' when never).  The result is quoted in ``ptypinn.refinement``'s
 module docstring.
 """
 
@@ -23,7 +23,7 @@ import torch
 from ptypinn.config import RefineConfig, SimulationConfig
 from ptypinn.physics import data_nll
 from ptypinn import refine as refine_module
-from ptypinn.refine import refine
+from ptypinn.refinement import refine
 from ptypinn.simulate import simulate_train_test
 
 # (rule, step, Newton weights of the normalized rule)

@@ -139,13 +139,13 @@ def test_constant_prediction_is_an_error(tmp_path, capsys, sim_files, monkeypatc
     assert not (tmp_path / "o").exists()
 
 
-def test_train_config_option_and_deprecated_positional(sim_files, tmp_path, capsys, caplog):
+def test_train_config_option_and_deprecated_positional(sim_files, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model:\n  widht: 8\n")  # a typo: proves the file is read
-    for argv in (["train", "--config", str(cfg)], ["train", str(cfg)]):
-        _user_error(capsys, [*argv, "--train", str(sim_files / "train.npz"), "-o",
-                             str(tmp_path / "r")], "model.widht", "did you mean")
-    assert "deprecated" in caplog.text  # the positional form still works, with a warning
-    _user_error(capsys, ["train", str(cfg), "--config", str(cfg), "--train",
-                         str(sim_files / "train.npz"), "-o", str(tmp_path / "r")],
-                "expected one config")
+    tail = ["--train", str(sim_files / "train.npz"), "-o", str(tmp_path / "r")]
+    _user_error(capsys, ["train", "--config", str(cfg), *tail], "model.widht", "did you mean")
+    # the positional form still works, with a deprecation warning before the same error
+    assert main(["train", str(cfg), *tail]) == 2
+    err = capsys.readouterr().err
+    assert "deprecated" in err and "model.widht" in err
+    _user_error(capsys, ["train", str(cfg), "--config", str(cfg), *tail], "expected one config")

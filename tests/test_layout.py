@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = "ptypinn"
 
 CORE = {f"{PKG}.{m}" for m in ("config", "data", "physics", "stitch", "grouping", "simulate",
-                               "metrics", "report", "experimental", "refine")}
+                               "metrics", "report", "experimental", "refinement")}
 
 
 def _modules() -> dict[str, Path]:

@@ -30,8 +30,8 @@ _API = {
     "evaluate": "ptypinn.metrics",
     "data_nll": "ptypinn.physics",
     # refinement (Poisson maximum likelihood on the forward model)
-    "refine": "ptypinn.refine",
-    "RefineResult": "ptypinn.refine",
+    "refine": "ptypinn.refinement",
+    "RefineResult": "ptypinn.refinement",
     # files
     "read_scan": "ptypinn.io",
     "write_scan": "ptypinn.io",
@@ -74,7 +74,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
     from ptypinn.io import load_config, read_scan, write_scan
     from ptypinn.metrics import evaluate
     from ptypinn.physics import data_nll
-    from ptypinn.refine import RefineResult, refine
+    from ptypinn.refinement import RefineResult, refine
     from ptypinn.pinn import TrainingDiverged
     from ptypinn.pinn.bundle import Bundle, load_bundle, save_bundle
     from ptypinn.pinn.infer import Reconstruction, reconstruct

@@ -39,11 +39,14 @@ def _setup_logging(verbose: bool) -> None:
     root = logging.getLogger("ptypinn")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False  # pty-chi adds a handler to the root logger: avoid duplicate lines
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        root.addHandler(h)
+    # one console handler on the current stderr (main() may run several times in one process,
+    # e.g. from tests, and an earlier stderr may be closed by now)
+    for h in list(root.handlers):
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root.addHandler(h)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # Lightning's own code trips a torch deprecation on every fit; not actionable for our users
@@ -82,12 +85,10 @@ def _with_refine_flags(cfg: Any, args: argparse.Namespace) -> Any:
 
 
 def _refine_pinn(recon: Any, scan: Any, cfg: Any) -> Any:
-    """Refine the network's stitched object (uncovered pixels = 1), or None when off."""
+    """Refine the network's stitched object (its whole-patch rim included), or None when off."""
     if cfg.refine.epochs == 0:
         return None
-    import numpy as np
-
-    return ptypinn.refine(scan, cfg.refine, object_init=np.where(recon.covered, recon.object, 1))
+    return ptypinn.refine(scan, cfg.refine, object_init=recon.object)
 
 
 def _add_refine(p: argparse.ArgumentParser) -> None:

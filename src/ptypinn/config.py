@@ -417,13 +417,13 @@ class IterativeConfig:
 
 RefineOptimizer = Literal["normalized", "adam"]
 REFINE_OPTIMIZERS: tuple[str, ...] = typing.get_args(RefineOptimizer)
-"""Update rules of the refinement (``refine.optimizer``; :mod:`ptypinn.refine`)."""
+"""Update rules of the refinement (``refine.optimizer``; :mod:`ptypinn.refinement`)."""
 
 
 @dataclass(frozen=True)
 class RefineConfig:
     """Poisson maximum-likelihood refinement on the forward model (``refine`` section;
-    :func:`ptypinn.refine.refine`).
+    :func:`ptypinn.refinement.refine`).
 
     Attributes
     ----------

@@ -56,7 +56,7 @@ from ptypinn.physics import data_nll
 from ptypinn.pinn.bundle import Bundle, load_bundle
 from ptypinn.pinn.infer import reconstruct
 from ptypinn.metrics import align, evaluate, frc_interior, metrics_long_rows
-from ptypinn.refine import RefineResult, refine as refine_scan
+from ptypinn.refinement import RefineResult, refine as refine_scan
 from ptypinn.workflows.outputs import refine_summary
 
 
@@ -155,7 +155,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         Batch size, crop, precision and device of the network arms; the crop also defines
         pty-chi's covered region.
     refine : RefineConfig, optional
-        Also run the refinement (:func:`ptypinn.refine.refine`, ``refine.epochs >= 1``):
+        Also run the refinement (:func:`ptypinn.refinement.refine`, ``refine.epochs >= 1``):
         "PINN+refine" from the PINN arm's object (uncovered pixels = 1) when there is a PINN
         arm, and "refine from flat" from ones.  Their ``wall_time_s`` is the refinement's
         update time, plus the PINN's inference time for "PINN+refine"; ``nll_per_pixel`` is
@@ -227,7 +227,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
     if refine is not None:
         pinn_arm = next((a for a in arms if a.name == ARM_LABELS["pinn"]), None)
         starts = ([] if pinn_arm is None else
-                  [("pinn_refine", np.where(pinn_arm.covered, pinn_arm.object, 1), pinn_arm)])
+                  [("pinn_refine", pinn_arm.object, pinn_arm)])
         starts.append(("refine_flat", None, None))
         for key, start, base in starts:
             res = refine_scan(scan, refine, object_init=start)

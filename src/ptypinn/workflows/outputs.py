@@ -18,7 +18,7 @@ from ptypinn.data import ScanData
 from ptypinn.metrics import evaluate
 from ptypinn.physics import data_nll
 from ptypinn.pinn.infer import Reconstruction
-from ptypinn.refine import RefineResult
+from ptypinn.refinement import RefineResult
 
 __all__ = ["write_outputs", "refine_summary", "write_scan_with_preview"]
 

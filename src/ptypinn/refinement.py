@@ -78,11 +78,9 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
-import types
 from dataclasses import dataclass, field
-from typing import Any
+
 
 import numpy as np
 import torch
@@ -481,15 +479,3 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
     return RefineResult(object=obj, probe=probe, positions_px=positions, nll_history=history,
                         epochs=done, wall_time_s=solver_s, stop_reason=reason,
                         nll_check_time_s=check_s)
-
-
-class _CallableModule(types.ModuleType):
-    """``ptypinn.refine`` is both this module and the public function :func:`refine`: importing
-    the submodule sets the package attribute ``ptypinn.refine`` to the module, which would
-    shadow the lazily resolved function, so calling the module calls the function."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> RefineResult:
-        return refine(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
