@@ -83,8 +83,14 @@ def main() -> None:
             for crop, reg in sweeps:
                 icfg = dataclasses.replace(cfg.infer, crop_px=crop, phase_sync_reg=reg)
                 rec = reconstruct(bundle, test, icfg)
-                m = evaluate(rec.object, test.object_true, mask=rec.covered)
                 nll = float(np.mean(rec.nll_per_pattern))
+                try:
+                    m = evaluate(rec.object, test.object_true, mask=rec.covered)
+                except ValueError as e:  # e.g. registration found no consistent shift
+                    print(f"| {family} | {g} | {rec.crop_px} | {reg} | scoring failed: {e} | | "
+                          f"| | {nll:.4f} | {nll - truth_nll:.4f} | "
+                          f"{'yes' if rec.phase_sync_applied else 'no'} |", flush=True)
+                    continue
                 c_txt = f"{rec.crop_px}" + (" (default)" if rec.crop_px == default_crop else "")
                 r_val = default_reg if reg is None else reg
                 r_txt = f"{r_val:g}" + (" (default)" if reg is None else "")
