@@ -59,7 +59,9 @@ def default_crop_px(probe: np.ndarray) -> int:
 
     The network's output outside the illuminated disc is unconstrained by the data (it tends to
     0), so stitching a larger square drags the amplitude down at its corners (measured: 13-15 %
-    low with a ``2r + 4`` square; right to 0.5 % with the inscribed square, r = 16 px).
+    low with a ``2r + 4`` square; right to 0.5 % with the inscribed square, r = 16 px).  On a
+    second object family (grf) it is also the best crop by amplitude SSIM; the truth-free data
+    NLL prefers a slightly larger one (``bench/defaults.py``, docs/benchmarks.md).
 
     Parameters
     ----------
