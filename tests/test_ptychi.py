@@ -69,15 +69,15 @@ def test_config_error_names_the_key():
 
 
 def test_stop_rule_is_relative_to_the_previous_excess_nll():
-    from ptypinn.baselines.ptychi import _stop_reason
+    from ptypinn.metrics import convergence_stop
 
-    assert _stop_reason(0.60, None, 1e-3) is None  # first check: nothing to compare with
-    assert _stop_reason(0.5990, 0.6, 1e-3) is None  # 1e-3 of 0.6 is 6e-4; 1e-3 improvement: go on
-    assert _stop_reason(0.5995, 0.6, 1e-3) == "tolerance"  # 5e-4 < 6e-4
-    assert _stop_reason(0.6001, 0.6, 1e-3) == "worse"
-    assert _stop_reason(0.0, 0.0, 1e-3) == "tolerance"  # a perfect noise-free fit stops
-    assert _stop_reason(float("nan"), 0.6, 1e-3) == "diverged"
-    assert _stop_reason(float("inf"), None, 1e-3) == "diverged"
+    assert convergence_stop(0.60, None, 1e-3) is None  # first check: nothing to compare with
+    assert convergence_stop(0.5990, 0.6, 1e-3) is None  # 1e-3 of 0.6 is 6e-4; 1e-3 improvement: go on
+    assert convergence_stop(0.5995, 0.6, 1e-3) == "tolerance"  # 5e-4 < 6e-4
+    assert convergence_stop(0.6001, 0.6, 1e-3) == "worse"
+    assert convergence_stop(0.0, 0.0, 1e-3) == "tolerance"  # a perfect noise-free fit stops
+    assert convergence_stop(float("nan"), 0.6, 1e-3) == "diverged"
+    assert convergence_stop(float("inf"), None, 1e-3) == "diverged"
 
 
 def test_position_mapping_formula():

@@ -67,6 +67,7 @@ __all__ = [
     "assert_not_degenerate",
     "evaluate",
     "metrics_long_rows",
+    "convergence_stop",
     "SSIM_WIN_SIZE",
     "MS_SSIM_WEIGHTS",
     "PHASE_RANGE_FLOOR_RAD",
@@ -963,3 +964,25 @@ def metrics_long_rows(model: str, metrics: dict[str, dict[str, float | None]]) -
             rows.append({"model": str(model), "quantity": str(quantity), "metric": str(metric),
                          "value": None if value is None else float(value)})
     return rows
+
+
+def convergence_stop(nll: float, previous: float | None, rel_tol: float) -> str | None:
+    """Why an iterative run (pty-chi to convergence, refinement) stops after a check with data NLL ``nll``, or ``None``.
+
+    ``previous`` is the NLL of the previous check (``None`` at the first).  The improvement is
+    relative to ``previous``, the excess NLL over the saturated model: it is ``>= 0`` and settles
+    near the noise floor (about 0.5 per pixel at high counts), not near 0, so the ratio stays well
+    defined and ``rel_tol`` acts as about ``0.5 * rel_tol`` nats per pixel per chunk close to
+    convergence.  Measuring from the noise floor instead (``previous - 0.5``) would divide by
+    ~0, or by a negative number once the solver fits the noise, and the floor is 0.5 only at
+    high counts.
+    """
+    if not math.isfinite(nll):
+        return "diverged"
+    if previous is None:
+        return None
+    if nll > previous:
+        return "worse"
+    if previous - nll <= rel_tol * previous:
+        return "tolerance"
+    return None

@@ -87,6 +87,7 @@ import torch
 
 from ptypinn.config import RefineConfig, require
 from ptypinn.data import ScanData
+from ptypinn.metrics import convergence_stop
 from ptypinn.physics import (excess_nll_per_pixel, extract_patches, place_patches,
                              poisson_nll, predicted_intensity, probe_modes)
 
@@ -260,19 +261,6 @@ def _device(name: str) -> torch.device:
     require(not name.startswith("cuda") or torch.cuda.is_available(), "refine.device",
             "'cpu' or 'auto' (CUDA is not available here)", name)
     return torch.device(name)
-
-
-def _stop_reason(nll: float, previous: float | None, rel_tol: float) -> str | None:
-    """Why the run stops after a check with NLL ``nll`` (``previous``: the last check's)."""
-    if not math.isfinite(nll):
-        return "diverged"
-    if previous is None:
-        return None
-    if nll > previous:
-        return "worse"
-    if previous - nll <= rel_tol * previous:
-        return "tolerance"
-    return None
 
 
 class _State:
@@ -465,7 +453,7 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
         log.info("refine: epoch %d, data NLL %.6g per pixel, %.2f s", done, nll, solver_s)
         if math.isfinite(nll) and (best is None or nll < best[0]):
             best = (nll, state.snapshot())
-        stop = _stop_reason(nll, previous if math.isfinite(previous) else None,
+        stop = convergence_stop(nll, previous if math.isfinite(previous) else None,
                             cfg.convergence_rel_tol)
         if stop is not None:
             reason = stop

@@ -64,6 +64,7 @@ import torch.nn.functional as F
 
 from ptypinn.physics import data_nll
 from ptypinn.config import IterativeConfig, require
+from ptypinn.metrics import convergence_stop
 from ptypinn.data import ScanData
 
 __all__ = [
@@ -357,28 +358,6 @@ def _use_gpu(device: str) -> bool:
     return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
-def _stop_reason(nll: float, previous: float | None, rel_tol: float) -> str | None:
-    """Why an ``until_converged`` run stops after a check with data NLL ``nll``, or ``None``.
-
-    ``previous`` is the NLL of the previous check (``None`` at the first).  The improvement is
-    relative to ``previous``, the excess NLL over the saturated model: it is ``>= 0`` and settles
-    near the noise floor (about 0.5 per pixel at high counts), not near 0, so the ratio stays well
-    defined and ``rel_tol`` acts as about ``0.5 * rel_tol`` nats per pixel per chunk close to
-    convergence.  Measuring from the noise floor instead (``previous - 0.5``) would divide by
-    ~0, or by a negative number once the solver fits the noise, and the floor is 0.5 only at
-    high counts.
-    """
-    if not math.isfinite(nll):
-        return "diverged"
-    if previous is None:
-        return None
-    if nll > previous:
-        return "worse"
-    if previous - nll <= rel_tol * previous:
-        return "tolerance"
-    return None
-
-
 def reconstruct_ptychi(scan: ScanData, cfg: IterativeConfig) -> IterativeResult:
     """Reconstruct ``scan`` with pty-chi, using the scan's probe and positions.
 
@@ -495,7 +474,7 @@ def reconstruct_ptychi(scan: ScanData, cfg: IterativeConfig) -> IterativeResult:
             if math.isfinite(nll) and (best is None or nll < best[0]):
                 best = (nll, obj, probe_out)
             if cfg.until_converged:
-                stop = _stop_reason(nll, history[-2][2] if len(history) > 1 else None,
+                stop = convergence_stop(nll, history[-2][2] if len(history) > 1 else None,
                                     cfg.convergence_rel_tol)
                 if stop is not None:
                     reason = stop
