@@ -64,3 +64,14 @@ def test_calibrate_probe_matches_dose():
     assert np.sum(np.abs(c.probe) ** 2) == pytest.approx(640.0, rel=1e-5)
     assert c.meta["probe_calibrated"] is True
     assert calibrate_probe(c) is c
+
+
+def test_window_outside_needs_the_extra_pixel_only_on_fractional_axes():
+    from ptypinn.data import window_outside
+
+    # start (8, 7.5) of an 8-window in a 16x16 frame: y ends at 16 exactly, x needs pixel 16
+    assert window_outside(np.array([[12.0, 11.5]]), 8, (16, 16)) is None
+    assert window_outside(np.array([[12.0, 12.5]]), 8, (16, 16)) == (0, 1)
+    assert window_outside(np.array([[12.5, 11.0]]), 8, (16, 16)) == (0, 0)
+    assert window_outside(np.array([[12.0, 12.5]]), 8, (16, 16), bilinear_margin=False,
+                          tol_px=0.5) is None

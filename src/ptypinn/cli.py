@@ -75,13 +75,18 @@ def _read_scan(path: str, measurement: str | None = None):
     return ptypinn.read_scan(path, measurement=measurement)
 
 
+def _with_flags(cfg: Any, section: str, **flags: Any) -> Any:
+    """``cfg`` with the command-line flags that were given (not None) set in ``section``."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section),
+                                                                    **given)})
+
+
 def _with_refine_flags(cfg: Any, args: argparse.Namespace) -> Any:
-    """``cfg`` with ``--refine N``, ``--refine-probe`` and ``--refine-positions`` applied to its
-    ``refine`` section."""
-    flags = {"epochs": args.refine, "refine_probe": True if args.refine_probe else None,
-             "refine_positions": True if args.refine_positions else None}
-    return dataclasses.replace(cfg, refine=dataclasses.replace(
-        cfg.refine, **{k: v for k, v in flags.items() if v is not None}))
+    """``cfg`` with ``--refine N``, ``--refine-probe`` and ``--refine-positions`` applied."""
+    return _with_flags(cfg, "refine", epochs=args.refine,
+                       refine_probe=True if args.refine_probe else None,
+                       refine_positions=True if args.refine_positions else None)
 
 
 def _refine_pinn(recon: Any, scan: Any, cfg: Any) -> Any:
@@ -215,10 +220,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ptypinn.workflows.compare import compare, run_arms, summary_table
 
     cfg = _config(args)
-    flags = {"iterations": args.ptychi_iterations,
-             "optimize_probe": True if args.ptychi_refine_probe else None}
-    cfg = dataclasses.replace(cfg, iterative=dataclasses.replace(
-        cfg.iterative, **{k: v for k, v in flags.items() if v is not None}))
+    cfg = _with_flags(cfg, "iterative", iterations=args.ptychi_iterations,
+                      optimize_probe=True if args.ptychi_refine_probe else None)
     cfg = _with_refine_flags(cfg, args)
     engines = list(dict.fromkeys(args.ptychi or []))
     ptychi = [dataclasses.replace(cfg.iterative, algorithm=e) for e in engines] or None

@@ -190,16 +190,15 @@ def window_outside(positions_px: np.ndarray, size: int, shape_px: tuple[int, int
     size : int; window size N (windows start at ``centre - N/2``, :func:`window_starts`).
     shape_px : (Hy, Wx); the frame.
     bilinear_margin : bool
-        A window with a fractional start needs one more pixel for the bilinear interpolation of
+        An axis with a fractional start needs one more pixel for the interpolation of
         :func:`ptypinn.physics.extract_patches` (what a scan needs); False checks the window
         alone (what a ptychodus product needs).
     tol_px : float; slack allowed on both sides.
     """
     starts = window_starts(np.asarray(positions_px, dtype=np.float64).reshape(-1, 2), size)
     ends = starts + size
-    if bilinear_margin:
-        frac = np.any(starts != np.floor(starts), axis=1)
-        ends = np.floor(starts) + size + frac[:, None]
+    if bilinear_margin:  # one more pixel on each axis whose start is fractional
+        ends = np.floor(starts) + size + (starts != np.floor(starts))
     for axis in (0, 1):
         bad = (starts[:, axis] < -tol_px) | (ends[:, axis] > shape_px[axis] + tol_px)
         if bad.any():

@@ -29,7 +29,7 @@ from skimage.draw import line_aa
 from skimage.transform import resize
 
 from ptypinn.config import SimulationConfig
-from ptypinn.data import ScanData
+from ptypinn.data import ScanData, window_outside
 from ptypinn.physics import predicted_intensity, window_starts
 
 __all__ = [
@@ -485,8 +485,7 @@ def extract_patches_exact(obj: np.ndarray, positions_px: np.ndarray, size: int,
         raise ValueError(f"positions_px: expected shape (M, 2), got {pos.shape}")
     n = int(size)
     starts = window_starts(pos, n)
-    if pos.shape[0] and (starts.min() < 0 or np.any(np.ceil(starts).max(axis=0) + n
-                                                     > np.asarray(obj.shape))):
+    if pos.shape[0] and window_outside(pos, n, obj.shape, bilinear_margin=True) is not None:
         raise ValueError(f"positions_px: expected windows of {n} px (plus one pixel) inside the "
                          f"object {obj.shape}, got window starts in "
                          f"[{starts.min(axis=0).tolist()}, {starts.max(axis=0).tolist()}]")

@@ -129,6 +129,12 @@ class IterativeResult:
     stop_reason: str = "fixed_epochs"
     nll_check_time_s: float = 0.0
 
+    @property
+    def nll_per_pixel(self) -> float:
+        """Excess data NLL per pixel of the returned state (the lowest finite check)."""
+        finite = [h[2] for h in self.nll_history if math.isfinite(h[2])]
+        return min(finite) if finite else math.nan
+
 
 # ----------------------------------------------------------------------------------------------
 # torchvision stand-in and lazy import

@@ -184,6 +184,9 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         if not ok:
             raise ValueError(f"ptychi: expected an importable pty-chi, got: {why}")
 
+    # what a network arm with this crop covers: the scored region of the iterative arms
+    footprint = (footprint_mask(scan, infer_cfg.crop_px)
+                 if ptychi is not None or refine is not None else None)
     arms: list[ArmResult] = []
     for kind, where, bundle in networks:
         rec = reconstruct(bundle, scan, infer_cfg)
@@ -201,10 +204,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         candidates = []
         for it_cfg in configs:
             res = reconstruct_ptychi(scan, it_cfg)
-            # the adapter measured the data NLL of the state it returned (with pty-chi's own
-            # probe when refined): the lowest finite point of its history
-            finite = [h[2] for h in res.nll_history if math.isfinite(h[2])]
-            nll = min(finite) if finite else math.nan
+            nll = res.nll_per_pixel  # measured by the adapter (with its own probe if refined)
             log.info("PtyChi %s: %d epochs, %.1f s, data NLL/px %.4f", res.algorithm,
                      res.iterations, res.wall_time_s, nll)
             candidates.append((nll, it_cfg, res))
@@ -212,7 +212,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         wall = res.wall_time_s
         arms.append(ArmResult(
             name=ARM_LABELS["ptychi"], object=res.object,
-            covered=footprint_mask(scan, infer_cfg.crop_px), wall_time_s=wall,
+            covered=footprint, wall_time_s=wall,
             patterns_per_s=scan.n_patterns / wall if wall > 0 else math.nan,
             nll_per_pixel=nll,
             details={"algorithm": res.algorithm, "iterations": res.iterations,
@@ -231,8 +231,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         starts.append(("refine_flat", None, None))
         for key, start, base in starts:
             res = refine_scan(scan, refine, object_init=start)
-            arms.append(_refine_arm(scan, REFINE_ARM_LABELS[key], res, base, refine,
-                                    footprint_mask(scan, infer_cfg.crop_px)))
+            arms.append(_refine_arm(scan, REFINE_ARM_LABELS[key], res, base, refine, footprint))
     return arms
 
 
