@@ -22,6 +22,13 @@ data NLL stops improving (``iterative.until_converged``: checked every 10 epochs
 tolerance 1e-3, cap ``ptychi_iterations`` epochs: 500 cpu, 1000 full), and the engine with the
 lower data NLL is the PtyChi arm of that cell (its epochs and solver time are in the table).
 
+The dose study also runs the refinement arms (:func:`ptypinn.refinement.refine`, the default
+``refine`` section, cap ``refine_epochs``): "PINN+refine" starts from the PINN's stitched object
+(its time includes the PINN's inference), "refine from flat" from ones.  **Time to quality**: for
+each cell, pty-chi's final data NLL is the target; pty-chi's time is its solver time at the first
+check that reached it, and the refinement arms' time is the first refinement check at or below
+it (plus the PINN's inference for PINN+refine; plus the PINN's training in the second ratio).
+
 Prints the machine, the study tables (mean ± std over seeds; truth-based scores beside the
 truth-free data NLL per pixel and the same minus the ground truth's own NLL), pty-chi's engine per
 cell, and the goals with their measured means.
@@ -31,11 +38,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ptypinn.config import SimulationConfig, from_dict
@@ -51,6 +60,7 @@ PRESETS = {
              "train": {"epochs": 60, "progress_bar": False}, "ptychi_iterations": 1000},
 }
 ENGINES = ["epie", "lsqml"]
+REFINE_EPOCHS = 500
 ITERATIVE = {"until_converged": True, "check_every_epochs": 10, "convergence_rel_tol": 1e-3,
              "noise_model": "poisson"}
 
@@ -96,6 +106,42 @@ def means(rows: list[dict]) -> dict:
     return {k: {m: sum(v) / len(v) for m, v in d.items()} for k, d in acc.items()}
 
 
+def time_to_target(history: list, target: float, start_s: float = 0.0) -> float:
+    """Seconds to the first check with NLL <= target (``start_s`` added); inf if never.
+
+    ``history``: pty-chi's ``[epochs, seconds, nll]`` triples or the refinement's
+    ``{"epoch", "wall_time_s", "nll_per_pixel"}`` records."""
+    for h in history:
+        t, v = (h["wall_time_s"], h["nll_per_pixel"]) if isinstance(h, dict) else (h[1], h[2])
+        if v is not None and v <= target * (1 + 1e-9):
+            return start_s + t
+    return float("inf")
+
+
+def time_to_quality(study_dir: Path) -> list[dict]:
+    """Per finished cell: pty-chi's target NLL and the times of pty-chi and the refinement arms
+    to reach it (see the module docstring)."""
+    out = []
+    for done in sorted((study_dir / "cells").glob("*/done.json")):
+        rec = json.loads(done.read_text())
+        arms = (rec.get("summary") or {}).get("arms") or {}
+        pty = arms.get("PtyChi")
+        if not pty:
+            continue
+        target = pty["nll_per_pixel"]
+        t_pty = time_to_target(pty["details"]["nll_history"], target)
+        fit = (rec.get("train", {}).get("PINN") or {}).get("fit_time_s", float("nan"))
+        row = {"cell": rec["cell"]["name"], "value": rec["cell"]["value"], "target": target,
+               "engine": pty["details"].get("algorithm"), "ptychi_s": t_pty, "fit_s": fit}
+        for label in ("PINN+refine", "refine from flat"):
+            arm = arms.get(label)
+            if arm:
+                d = arm["details"]
+                row[label] = time_to_target(d["nll_history"], target, d["start_wall_time_s"])
+        out.append(row)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--out", required=True)
@@ -106,8 +152,10 @@ def main() -> None:
     out = Path(a.out)
     cfg = base_config(a.preset)
     iters = PRESETS[a.preset]["ptychi_iterations"]
-    dose = {"study": {"kind": "dose", "values": a.photons, "arms": ["pinn", "baseline", "ptychi"],
-                      "seeds": a.seeds, "ptychi_iterations": iters, "ptychi_engines": ENGINES},
+    dose = {"study": {"kind": "dose", "values": a.photons,
+                      "arms": ["pinn", "baseline", "ptychi", "pinn_refine", "refine_flat"],
+                      "seeds": a.seeds, "ptychi_iterations": iters, "ptychi_engines": ENGINES,
+                      "refine_epochs": REFINE_EPOCHS},
             **cfg}
     ood_cfg = copy.deepcopy(cfg)
     n_train = simulate_scan(from_dict(SimulationConfig, cfg["simulation"])).n_patterns  # all
@@ -143,6 +191,39 @@ def main() -> None:
     if pinn is not None and base is not None:
         print(f"  out of distribution (train lines, test grf): amp SSIM PINN {pinn:.3f} vs "
               f"Baseline {base:.3f} ({'met' if pinn > base else 'NOT met'})")
+    print("\nrefinement goals (issue 12; means over seeds):")
+    for p in a.photons:
+        pty, pr, fl = (t.get((p, m), {}) for m in ("PtyChi", "PINN+refine", "refine from flat"))
+        g = lambda x, q, m: x.get((q, m), float("nan"))  # noqa: E731
+        amp = [g(x, "amplitude", "ssim") for x in (pr, pty, fl)]
+        ph = [g(x, "phase", "ssim") for x in (pr, pty, fl)]
+        nll = [g(x, "data", "nll_per_pixel") for x in (pr, pty, fl)]
+        if p <= 1e4:
+            ok = amp[0] >= amp[1] and ph[0] >= ph[1] and nll[0] <= nll[1]
+            goal = "PINN+refine >= PtyChi in amp and phase SSIM and data NLL"
+        else:
+            ok = amp[0] >= amp[1] - 0.005 and ph[0] >= ph[1] - 0.005
+            goal = "PINN+refine within 0.005 SSIM of PtyChi"
+        print(f"  {p:.0e} photons: amp SSIM PINN+refine {amp[0]:.4f} vs PtyChi {amp[1]:.4f} "
+              f"(flat {amp[2]:.4f}); phase SSIM {ph[0]:.4f} vs {ph[1]:.4f} (flat {ph[2]:.4f}); "
+              f"data NLL/px {nll[0]:.4f} vs {nll[1]:.4f} (flat {nll[2]:.4f}); "
+              f"{goal}: {'met' if ok else 'NOT met'}")
+    ttq = time_to_quality(out / "dose")
+    print("\ntime to pty-chi's final data NLL (s; ratio = arm / pty-chi; goal <= 0.2):")
+    ratios = defaultdict(list)
+    for r in ttq:
+        pr, fl = r.get("PINN+refine", float("nan")), r.get("refine from flat", float("nan"))
+        ratios[(r["value"], "pinn")].append(pr / r["ptychi_s"])
+        ratios[(r["value"], "pinn+train")].append((pr + r["fit_s"]) / r["ptychi_s"])
+        ratios[(r["value"], "flat")].append(fl / r["ptychi_s"])
+        print(f"  {r['cell']}: target {r['target']:.4f} ({r['engine']}); pty-chi {r['ptychi_s']:.2f}; "
+              f"PINN+refine {pr:.2f} (ratio {pr / r['ptychi_s']:.3f}; with training "
+              f"{(pr + r['fit_s']) / r['ptychi_s']:.2f}); refine from flat {fl:.2f} "
+              f"(ratio {fl / r['ptychi_s']:.3f})")
+    for (v, kind), xs in sorted(ratios.items()):
+        m, sd = float(np.mean(xs)), float(np.std(xs))
+        print(f"  {float(v):.0e} {kind}: ratio {m:.3f} ± {sd:.3f} over {len(xs)} seeds"
+              + (f" (goal <= 0.2: {'met' if m <= 0.2 else 'NOT met'})" if kind == "pinn" else ""))
     print(f"\nfindings: {d['finding']} | {o['finding']}")
     print(f"reports: {out / 'dose' / 'report.html'}, {out / 'ood' / 'report.html'}")
 

@@ -330,3 +330,22 @@ def test_cli_refine_errors_name_the_key(tiny_pair, tmp_path, capsys):
     assert main(["compare", str(tmp_path / "scan.npz"), "-o", str(tmp_path / "o"),
                  "--refine", "-1"]) == 2
     assert "refine.epochs" in capsys.readouterr().err
+
+
+def test_a_stalled_run_halves_its_step_from_the_best_state(tiny_pair, caplog):
+    """Minibatch updates at too large a step stall (or rise); halving the step from the best state
+    goes on lower, where ``step_halvings=0`` stops at the first such check."""
+    scan = tiny_pair[1]
+    cfg = RefineConfig(epochs=60, batch_size=8, step=3.0, check_every_epochs=2, device="cpu",
+                       step_halvings=0)
+    stopped = refine(scan, cfg)
+    with caplog.at_level("INFO", logger="ptypinn.refinement"):
+        halved = refine(scan, dataclasses.replace(cfg, step_halvings=3))
+    assert stopped.stop_reason in ("worse", "tolerance") and stopped.epochs < 60
+    assert halved.epochs > stopped.epochs
+    assert halved.nll_per_pixel < stopped.nll_per_pixel
+    assert sum("step halved" in r.getMessage() for r in caplog.records) >= 1
+    # every check is recorded as measured, and the result is the lowest of them
+    assert halved.nll_per_pixel == min(h[2] for h in halved.nll_history)
+    assert halved.nll_per_pixel == pytest.approx(float(np.mean(data_nll(halved.object, scan))),
+                                                 rel=1e-4)

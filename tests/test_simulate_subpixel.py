@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ptypinn.config import SimulationConfig
+from ptypinn import physics
 from ptypinn.physics import extract_patches
 from ptypinn.simulate import extract_patches_exact, simulate_scan
 
@@ -158,3 +159,66 @@ def test_dose_and_parseval_at_fractional_positions():
     noisy = simulate_scan(_scan_cfg(photons_per_pattern=photons))
     assert abs(noisy.counts.sum(axis=(1, 2), dtype=np.float64).mean() / photons - 1) < 0.02
     np.testing.assert_array_equal(noisy.counts, np.round(noisy.counts))
+
+
+# ------------------------------------------------------------------------------------------------
+# the measurement model (physics.scan_intensity: integer window under the Fourier-shifted probe)
+
+
+def _smooth_probe(n: int = N, seed: int = 0) -> np.ndarray:
+    """A band-limited probe that vanishes at the grid edge (Gaussian with a phase curvature)."""
+    yy, xx = np.mgrid[0:n, 0:n] - n / 2
+    r2 = yy ** 2 + xx ** 2
+    return (np.exp(-r2 / (2 * (n / 8) ** 2)) * np.exp(1j * 0.01 * r2)).astype(np.complex64)
+
+
+def test_scan_intensity_matches_the_analytic_object_at_fractional_positions():
+    """Independent reference: |F(P(j) O(s + j))|^2 with O evaluated analytically at s + j."""
+    truth = BandLimited(seed=3)
+    rng = np.random.default_rng(1)
+    pos = rng.uniform(N / 2 + 2, SIZE - N / 2 - 3, (12, 2))
+    assert np.all(pos != np.round(pos))
+    probe = _smooth_probe()
+    ref = _far_field(probe, truth.windows(pos, N))
+    got = physics.scan_intensity(torch.from_numpy(truth.array(SIZE)), torch.from_numpy(probe),
+                                 torch.from_numpy(pos), N).numpy()
+    bilinear = _far_field(probe, _bilinear(truth.array(SIZE), pos, N))
+    err = np.abs(got - ref).max() / ref.max()
+    assert err < 1e-4
+    assert np.abs(bilinear - ref).max() / ref.max() > 10 * err
+
+
+def test_scan_intensity_at_integer_positions_is_the_plain_forward_model():
+    rng = np.random.default_rng(2)
+    obj = (rng.standard_normal((64, 64)) + 1j * rng.standard_normal((64, 64))).astype(np.complex64)
+    probe = np.stack([_smooth_probe(16, 0)[None][0], 0.3 * _smooth_probe(16, 1).T])
+    pos = np.array([[8.0, 8.0], [20.0, 31.0], [56.0, 56.0]])
+    got = physics.scan_intensity(torch.from_numpy(obj), torch.from_numpy(probe),
+                                 torch.from_numpy(pos), 16)
+    ref = physics.predicted_intensity(torch.from_numpy(probe), extract_patches(
+        torch.from_numpy(obj)[None], torch.from_numpy(pos)[None], 16)[0])
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * float(ref.max()))
+
+
+def test_shift_probe_integer_shift_is_a_roll_and_shifts_compose():
+    probe = torch.from_numpy(_smooth_probe(16))
+    one = physics.shift_probe(probe, torch.tensor([[1.0, -2.0]]))[0, 0]
+    torch.testing.assert_close(one, torch.roll(probe, (1, -2), (0, 1)), atol=1e-5, rtol=0)
+    there = physics.shift_probe(probe, torch.tensor([[0.3, 0.7]]))[0]
+    back = physics.shift_probe(there, torch.tensor([[-0.3, -0.7]]))[0, 0]
+    torch.testing.assert_close(back, probe, atol=1e-5, rtol=0)
+
+
+def test_data_nll_of_the_truth_does_not_grow_with_dose_from_interpolation():
+    """The truth's excess NLL per pixel is the Poisson noise floor (<= ~0.5), which the bilinear
+    model exceeds at high dose because it smooths the object."""
+    cfg = _scan_cfg(photons_per_pattern=1e8)
+    scan = simulate_scan(cfg, obj=BandLimited(seed=4).array(SIZE))
+    assert np.any(scan.positions_px != np.round(scan.positions_px))
+    nll = float(np.mean(physics.data_nll(scan.object_true, scan)))
+    pred = physics.predicted_intensity(torch.from_numpy(scan.probe), extract_patches(
+        torch.from_numpy(scan.object_true)[None], torch.from_numpy(scan.positions_px)[None], N)[0])
+    nll_bilinear = float(physics.excess_nll_per_pixel(
+        pred, torch.from_numpy(scan.counts), 1e-6, None).mean())
+    assert nll < 0.55
+    assert nll_bilinear > 10 * nll

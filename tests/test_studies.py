@@ -50,6 +50,8 @@ def test_study_config_parses_and_validates():
     ({"kind": "dose", "values": [-1.0]}, r"study\.values: expected finite numbers > 0"),
     ({"kind": "dose", "values": [1e4], "arms": ["pinn", "tike"]}, r"study\.arms"),
     ({"kind": "dose", "values": [1e4], "seeds": [0, 0]}, r"study\.seeds"),
+    ({"kind": "dose", "values": [1e4], "arms": ["pinn_refine"]}, r"study\.arms: expected 'pinn'"),
+    ({"kind": "dose", "values": [1e4], "refine_epochs": 0}, r"study\.refine_epochs"),
     ({"kind": "generalization", "values": [10.5]}, r"study\.values: expected integers"),
     ({"kind": "probe", "values": ["ideal_g3"]}, r"study\.values"),
     ({"kind": "dose", "values": [1e4], "gridsizes": [1, 2]}, r"study\.gridsizes"),
@@ -179,8 +181,9 @@ def test_report_helpers():
 @pytest.fixture(scope="module")
 def dose_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("dose_study")
-    arms = ["pinn", "ptychi"]
-    cfg = _study(kind="dose", values=[1e4, 1e8], arms=arms, ptychi_iterations=5)
+    arms = ["pinn", "ptychi", "pinn_refine", "refine_flat"]
+    cfg = _study(kind="dose", values=[1e4, 1e8], arms=arms, ptychi_iterations=5,
+                 refine_epochs=3)
     return out, cfg, run_study(cfg, out)
 
 
@@ -192,7 +195,8 @@ def test_tiny_dose_study_end_to_end(dose_study):
     with open(out / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
     ssim = [r for r in rows if r["quantity"] in ("amplitude", "phase") and r["metric"] == "ssim"]
-    models = {"PINN", "PtyChi"} if ptychi_available()[0] else {"PINN"}
+    models = {"PINN", "PINN+refine", "refine from flat"} | (
+        {"PtyChi"} if ptychi_available()[0] else set())
     assert {r["model"] for r in ssim} == models
     # one row per cell x arm for each metric
     amp = [(r["cell"], r["model"]) for r in ssim if r["quantity"] == "amplitude"]

@@ -42,7 +42,8 @@ __all__ = [
 ]
 
 
-ARM_LABELS = {"pinn": "PINN", "baseline": "Baseline", "ptychi": "PtyChi"}
+ARM_LABELS = {"pinn": "PINN", "baseline": "Baseline", "ptychi": "PtyChi",
+              "pinn_refine": "PINN+refine", "refine_flat": "refine from flat"}
 """Display name of each reconstruction arm (the ``model`` column of every table)."""
 
 PtychiEngine = Literal["lsqml", "epie", "rpie", "dm"]
@@ -446,8 +447,12 @@ class RefineConfig:
     check_every_epochs : int
         Epochs between two data-NLL checks, ``>= 1``.
     convergence_rel_tol : float
-        Stop when the excess data NLL per pixel improved over the last check by less than this
-        fraction of the previous check's value (or got worse); finite, ``> 0``.
+        A check whose excess data NLL per pixel improved by less than this fraction of the
+        previous check's value (or got worse) halves the step, from the best state so far; finite,
+        ``> 0``.
+    step_halvings : int
+        Halvings of the step before such a check stops the run, ``>= 0`` (0: the first one stops
+        it).  Minibatch updates at a fixed step stall at a noise level set by the step.
     device : str
         ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:k``.
     seed : int
@@ -463,13 +468,15 @@ class RefineConfig:
     max_position_shift_px: float = 2.0
     check_every_epochs: int = 5
     convergence_rel_tol: float = 1e-3
+    step_halvings: int = 3
     device: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
         s = "refine"
-        require(_is_int(self.epochs) and self.epochs >= 0, f"{s}.epochs", "an integer >= 0",
-                self.epochs)
+        for name in ("epochs", "step_halvings"):
+            v = getattr(self, name)
+            require(_is_int(v) and v >= 0, f"{s}.{name}", "an integer >= 0", v)
         for name in ("batch_size", "check_every_epochs"):
             v = getattr(self, name)
             require(_is_int(v) and v >= 1, f"{s}.{name}", "an integer >= 1", v)

@@ -18,6 +18,14 @@ Conventions (normative for the whole package; tested in ``tests/test_physics.py`
   Parseval holds: ``sum |F|^2 == sum |psi|^2``.
 * Intensity of a (partially coherent) probe with modes ``P_k``:
   ``I = sum_k |F(P_k * O)|^2``; single-mode probes are ``(H, W)`` or ``(1, H, W)``.
+* Sub-pixel positions in the **measurement model** (:func:`scan_intensity`, used by
+  :func:`data_nll` and the refinement): the integer window ``O[i0 : i0 + N]`` under the probe
+  translated by the fraction ``f`` with a Fourier phase ramp, ``P(j - f)``.  The exit wave is
+  then the exact one translated by ``f``, which leaves every far-field intensity unchanged, so a
+  band-limited probe gives the simulator's exact sub-pixel model without interpolating the object
+  (the bilinear ``A`` smooths it: on the 1e6-photon demo scan the truth's excess NLL is 0.480 per
+  pixel through ``A`` and 0.252 through the exact model).  pty-chi models sub-pixel positions the
+  same way.
 * Measurement: counts ``n ~ Poisson(I)``.  Loss: the Poisson negative log-likelihood
   ``sum_pixels (I - n log(I + eps))`` with explicit ``eps``, one value per pattern.
 """
@@ -40,6 +48,8 @@ __all__ = [
     "inverse_far_field",
     "excess_nll_per_pixel",
     "data_nll",
+    "shift_probe",
+    "scan_intensity",
     "extract_patches",
     "place_patches",
 ]
@@ -191,9 +201,15 @@ def data_nll(obj: np.ndarray, scan: Any, batch_size: int = 512,
     Returns
     -------
     float64 ``(n,)``; about 0.5 per pixel is the expectation for the true object at high counts.
+
+    Notes
+    -----
+    The prediction is :func:`scan_intensity` (exact sub-pixel positions), not the bilinear
+    :func:`extract_patches`, whose smoothing would charge the true object an interpolation error
+    that grows with the dose.
     """
     device = torch.device(device)
-    o = torch.from_numpy(np.ascontiguousarray(obj, dtype=np.complex64)).to(device)[None]
+    o = torch.from_numpy(np.ascontiguousarray(obj, dtype=np.complex64)).to(device)
     probe = torch.from_numpy(np.asarray(scan.probe)).to(device)
     bad = (torch.from_numpy(np.asarray(scan.bad_pixels)).to(device)
            if scan.bad_pixels is not None else None)
@@ -203,9 +219,78 @@ def data_nll(obj: np.ndarray, scan: Any, batch_size: int = 512,
         for s in range(0, scan.counts.shape[0], batch_size):
             pos = torch.from_numpy(np.asarray(scan.positions_px[s:s + batch_size])).to(device)
             counts = torch.from_numpy(np.asarray(scan.counts[s:s + batch_size])).to(device)
-            pred = predicted_intensity(probe, extract_patches(o, pos[None], n)[0])
+            pred = scan_intensity(o, probe, pos, n)
             out.append(excess_nll_per_pixel(pred, counts, eps, bad).cpu().numpy())
     return np.concatenate(out)
+
+
+def shift_probe(probe: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
+    """Probe modes translated by sub-pixel amounts with a Fourier phase ramp: ``P(r - shift)``.
+
+    Band-limited and periodic on the ``N x N`` grid (exact for a probe that is band-limited and
+    negligible at the grid's edge, as a focused or apertured probe with its far field on the
+    detector is).
+
+    Parameters
+    ----------
+    probe : complex ``(H, W)`` or ``(M, H, W)``
+    shift_px : float ``(B, 2)``
+        Translation ``(y, x)`` in pixels of each output, typically in ``[0, 1)``.
+
+    Returns
+    -------
+    complex ``(B, M, H, W)``
+    """
+    modes = probe_modes(probe)
+    h, w = modes.shape[-2:]
+    real = torch.float64 if modes.dtype == torch.complex128 else torch.float32
+    sh = shift_px.to(real)
+    ky = torch.fft.fftfreq(h, device=modes.device, dtype=real)
+    kx = torch.fft.fftfreq(w, device=modes.device, dtype=real)
+    ramp = torch.polar(torch.ones((), dtype=real, device=modes.device),
+                       -2 * torch.pi * (sh[:, 0, None, None] * ky[:, None]
+                                        + sh[:, 1, None, None] * kx[None, :]))  # (B, H, W)
+    return torch.fft.ifft2(torch.fft.fft2(modes)[None] * ramp[:, None])
+
+
+def scan_intensity(obj: torch.Tensor, probe: torch.Tensor, positions_px: torch.Tensor,
+                   size: int) -> torch.Tensor:
+    """Expected counts of a scan with exact sub-pixel positions (the measurement model).
+
+    For the window of centre ``p`` (start ``s = p - N/2 = i0 + f``, ``i0 = floor(s)``) the
+    integer window ``O[i0 : i0 + N]`` is lit by the probe translated by ``f``
+    (:func:`shift_probe`): ``I = sum_k |F(P_k(j - f) O(i0 + j))|^2``, the far-field intensity of
+    ``P(j) O(s + j)`` (a translation of the exit wave changes no intensity).  Differentiable in
+    object, probe and positions (through ``f``); the object's adjoint is an exact scatter-add.
+
+    Parameters
+    ----------
+    obj : complex ``(Hy, Wx)``
+    probe : complex ``(N, N)`` or ``(M, N, N)``, in photon units
+    positions_px : float ``(B, 2)``
+        Window centres ``(y, x)``; every integer window ``[i0, i0 + N)`` must lie inside ``obj``
+        (indices outside are clamped).
+    size : int
+        Window size ``N`` (the probe's).
+
+    Returns
+    -------
+    real ``(B, N, N)``
+    """
+    if obj.ndim != 2:
+        raise ValueError(f"obj: expected shape (Hy, Wx), got {tuple(obj.shape)}")
+    if positions_px.ndim != 2 or positions_px.shape[-1] != 2:
+        raise ValueError(f"positions_px: expected shape (B, 2), got {tuple(positions_px.shape)}")
+    start = window_starts(positions_px.to(torch.float64), size)
+    i0 = torch.floor(start)
+    frac = start - i0
+    i0 = i0.to(torch.int64)
+    ar = torch.arange(size, device=obj.device)
+    rows = (i0[:, 0, None] + ar).clamp_(0, obj.shape[0] - 1)  # (B, N)
+    cols = (i0[:, 1, None] + ar).clamp_(0, obj.shape[1] - 1)
+    patches = obj[rows[:, :, None], cols[:, None, :]]  # (B, N, N)
+    field = far_field(shift_probe(probe, frac) * patches[:, None])
+    return (field.real.square() + field.imag.square()).sum(dim=-3)
 
 
 def window_starts(positions_px: Any, size: int) -> Any:

@@ -2,8 +2,8 @@ r"""Poisson maximum-likelihood refinement on the project's forward model (SPEC Â
 
 :func:`refine` minimizes the Poisson negative log-likelihood of the measured counts,
 ``L = sum_patterns sum_pixels (I - n log(I + eps))`` over the valid detector pixels
-(``scan.bad_pixels`` excluded), with ``I = sum_k |F(P_k * A_p O)|^2``
-(:func:`ptypinn.physics.predicted_intensity` of :func:`ptypinn.physics.extract_patches`), over
+(``scan.bad_pixels`` excluded), with ``I`` the measurement model :func:`ptypinn.physics.scan_intensity` (exact sub-pixel positions:
+the integer window under the Fourier-shifted probe, as in pty-chi), over
 
 * the object ``O`` (always), starting from a given object -- e.g. a PINN's stitched object with
   its uncovered pixels set to 1 -- or from a flat object (ones), where it is a complete iterative
@@ -89,7 +89,7 @@ from ptypinn.config import RefineConfig, require
 from ptypinn.data import ScanData
 from ptypinn.metrics import convergence_stop
 from ptypinn.physics import (excess_nll_per_pixel, extract_patches, place_patches,
-                             poisson_nll, predicted_intensity, probe_modes)
+                             poisson_nll, probe_modes, scan_intensity)
 
 __all__ = ["RefineResult", "refinement_loss", "loss_and_gradients", "orthogonalize_modes",
            "refine"]
@@ -98,7 +98,10 @@ log = logging.getLogger(__name__)
 
 POISSON_EPS = 1e-6
 """``eps`` inside the log of the likelihood (as ``model.poisson_eps``' default)."""
-NEWTON_WEIGHTS = True
+NEWTON_WARMUP_EPOCHS = 2
+"""Epochs at the start of a ``normalized`` run that use the Newton weights (see the module
+docstring); the later epochs use the plain Poisson gradient, whose fixed point is the maximum
+likelihood (the weighted one's is not)."""
 _FLOOR = 0.1
 """Relative floor ``a`` of the curvature bounds (rPIE-like), see the module docstring."""
 _POSITION_STEP = 2.0
@@ -184,9 +187,7 @@ def refinement_loss(obj: torch.Tensor, probe: torch.Tensor, positions_px: torch.
     float64 scalar
         ``sum_b poisson_nll(I_b, n_b)`` (``log n!`` omitted).
     """
-    n = counts.shape[-1]
-    patches = extract_patches(obj[None], positions_px[None], n)[0]
-    intensity = predicted_intensity(probe, patches)
+    intensity = scan_intensity(obj, probe, positions_px, counts.shape[-1])
     if newton_weights and intensity.requires_grad:
         weight = (2 * intensity / (intensity + counts + eps)).detach()
         intensity.register_hook(lambda grad: grad * weight)
@@ -285,6 +286,7 @@ class _State:
         self.lo = torch.tensor([half, half], dtype=torch.float64, device=device)
         self.hi = torch.tensor([self.shape[0] - half, self.shape[1] - half],
                                dtype=torch.float64, device=device)
+        self.step_scale = 1.0
         self.adam = None
         if cfg.optimizer == "adam":
             self.obj.requires_grad_(True)
@@ -299,15 +301,31 @@ class _State:
     def positions(self) -> torch.Tensor:
         return self.base + self.offsets
 
-    def update(self, rows: torch.Tensor, counts: torch.Tensor) -> None:
-        """One minibatch update from the patterns ``rows`` with measured ``counts``."""
+    def restore(self, saved: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """Go back to a :meth:`snapshot` (the optimizer state of ``adam`` is kept)."""
+        obj, probe, positions = saved
+        with torch.no_grad():
+            self.obj.copy_(torch.from_numpy(obj).to(self.device))
+            self.probe.copy_(probe_modes(torch.from_numpy(probe)).to(self.device))
+            self.offsets.copy_(torch.from_numpy(positions).to(self.device) - self.base)
+
+    def scale_step(self, factor: float) -> None:
+        """Multiply the step of every update by ``factor``."""
+        self.step_scale *= factor
+        if self.adam is not None:
+            for group in self.adam.param_groups:
+                group["lr"] *= factor
+
+    def update(self, rows: torch.Tensor, counts: torch.Tensor, newton: bool = False) -> None:
+        """One minibatch update from the patterns ``rows`` with measured ``counts`` (``newton``:
+        scale the intensity gradient by the Newton weights, ``normalized`` rule only)."""
         cfg = self.cfg
         o = self.obj if self.adam is not None else self.obj.detach().requires_grad_(True)
         p = (self.probe if self.adam is not None else
              self.probe.detach().requires_grad_(cfg.refine_probe))
         r = self.positions()[rows].detach().requires_grad_(cfg.refine_positions)
         loss = refinement_loss(o, p, r, counts, self.bad,
-                               newton_weights=self.adam is None and NEWTON_WEIGHTS)
+                               newton_weights=self.adam is None and newton)
         if self.adam is not None:
             self.adam.zero_grad(set_to_none=True)
         loss.backward()
@@ -323,7 +341,7 @@ class _State:
 
     def _step_normalized(self, g_obj: torch.Tensor, g_probe: torch.Tensor | None,
                          r: torch.Tensor) -> None:
-        step = self.cfg.step
+        step = self.cfg.step * self.step_scale
         b = r.shape[0]
         power = (self.probe.real.square() + self.probe.imag.square()).sum(0)  # (H, W)
         illum = place_patches(power.expand(1, b, self.n, self.n), r.detach()[None],
@@ -347,7 +365,7 @@ class _State:
             curv.append(4 * ((d.real.square() + d.imag.square()) * power).sum(dim=(-2, -1)))
         h = torch.stack(curv, dim=-1).to(torch.float64)  # (B, 2)
         h = h + _FLOOR * h.mean() + 1e-30
-        delta = (-_POSITION_STEP * g / h).clamp(-_MAX_POSITION_STEP_PX, _MAX_POSITION_STEP_PX)
+        delta = (-_POSITION_STEP * self.step_scale * g / h).clamp(-_MAX_POSITION_STEP_PX, _MAX_POSITION_STEP_PX)
         lim = self.cfg.max_position_shift_px
         off = (self.offsets[rows] + delta).clamp(-lim, lim)
         # the corrected window must stay inside the frame
@@ -363,8 +381,7 @@ class _State:
             obj = self.obj.detach()
             for s in range(0, n, batch_size):
                 c = counts[s:s + batch_size].to(self.device)
-                patches = extract_patches(obj[None], pos[s:s + batch_size][None], self.n)[0]
-                pred = predicted_intensity(self.probe.detach(), patches)
+                pred = scan_intensity(obj, self.probe.detach(), pos[s:s + batch_size], self.n)
                 total += float(excess_nll_per_pixel(pred, c, POISSON_EPS, self.bad).sum())
         return total / n
 
@@ -425,6 +442,7 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
     nll = state.nll(counts, check_batch)
     check_s = time.perf_counter() - t
     history: list[tuple[int, float, float]] = [(0, 0.0, nll)]
+    reference = nll  # what the next check is compared with
     best = (nll, state.snapshot()) if math.isfinite(nll) else None
     log.info("refine: %d patterns %dx%d, object %dx%d, %s step %g, probe %s, positions %s, "
              "at most %d epochs on %s; start: data NLL %.6g per pixel", n, scan.pattern_size,
@@ -434,27 +452,39 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
     gen = torch.Generator().manual_seed(cfg.seed)
     reason = "off" if cfg.epochs == 0 else "cap"
     solver_s = 0.0
-    done = 0
+    done = halvings = 0
     while done < cfg.epochs:
         t = time.perf_counter()
         for _ in range(min(cfg.check_every_epochs, cfg.epochs - done)):
             order = torch.randperm(n, generator=gen)
             for s in range(0, n, cfg.batch_size):
                 rows = order[s:s + cfg.batch_size]
-                state.update(rows.to(device), counts[rows].to(device, non_blocking=True))
+                state.update(rows.to(device), counts[rows].to(device, non_blocking=True),
+                             newton=done < NEWTON_WARMUP_EPOCHS)
             done += 1
         sync()
         solver_s += time.perf_counter() - t
         t = time.perf_counter()
         nll = state.nll(counts, check_batch)
         check_s += time.perf_counter() - t
-        previous = history[-1][2]
+        previous = reference
+        reference = nll
         history.append((done, solver_s, nll))
         log.info("refine: epoch %d, data NLL %.6g per pixel, %.2f s", done, nll, solver_s)
-        if math.isfinite(nll) and (best is None or nll < best[0]):
+        improved = math.isfinite(nll) and (best is None or nll < best[0])
+        if improved:
             best = (nll, state.snapshot())
         stop = convergence_stop(nll, previous if math.isfinite(previous) else None,
-                            cfg.convergence_rel_tol)
+                                cfg.convergence_rel_tol)
+        if stop is not None and halvings < cfg.step_halvings and best is not None:
+            halvings += 1
+            if not improved:  # go on from the best state
+                state.restore(best[1])
+                reference = best[0]
+            state.scale_step(0.5)
+            log.info("refine: %s at epoch %d; step halved to %g", stop, done,
+                     cfg.step * state.step_scale)
+            continue
         if stop is not None:
             reason = stop
             break

@@ -50,7 +50,7 @@ import numpy as np
 
 from ptypinn import io, stitch
 from ptypinn.baselines.ptychi import ptychi_available, reconstruct_ptychi
-from ptypinn.config import ARM_LABELS, InferConfig, IterativeConfig, RefineConfig
+from ptypinn.config import ARM_LABELS, InferConfig, IterativeConfig, RefineConfig, require
 from ptypinn.data import ScanData
 from ptypinn.physics import data_nll
 from ptypinn.pinn.bundle import Bundle, load_bundle
@@ -60,14 +60,13 @@ from ptypinn.refinement import RefineResult, refine as refine_scan
 from ptypinn.workflows.outputs import refine_summary
 
 
-__all__ = ["ArmResult", "REFINE_ARM_LABELS", "footprint_mask", "run_arms", "compare",
-           "summary_table"]
+__all__ = ["ArmResult", "REFINE_ARM_LABELS", "footprint_mask", "run_arms", "refine_arms",
+           "compare", "summary_table"]
 
 log = logging.getLogger(__name__)
 
-REFINE_ARM_LABELS = {"pinn_refine": "PINN+refine", "refine_flat": "refine from flat"}
-"""Labels of the refinement arms (:func:`run_arms` with ``refine``).  They are not in
-``config.ARM_LABELS``, whose keys are the arms a study can run."""
+REFINE_ARM_LABELS = {k: ARM_LABELS[k] for k in ("pinn_refine", "refine_flat")}
+"""Labels of the refinement arms (:func:`run_arms` with ``refine``, :func:`refine_arms`)."""
 
 
 @dataclass(frozen=True)
@@ -226,13 +225,44 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
                                     for c in candidates}}))
     if refine is not None:
         pinn_arm = next((a for a in arms if a.name == ARM_LABELS["pinn"]), None)
-        starts = ([] if pinn_arm is None else
-                  [("pinn_refine", pinn_arm.object, pinn_arm)])
-        starts.append(("refine_flat", None, None))
-        for key, start, base in starts:
-            res = refine_scan(scan, refine, object_init=start)
-            arms.append(_refine_arm(scan, REFINE_ARM_LABELS[key], res, base, refine, footprint))
+        arms += refine_arms(scan, refine, pinn_arm, flat=True, covered=footprint)
     return arms
+
+
+def refine_arms(scan: ScanData, refine: RefineConfig, pinn_arm: ArmResult | None = None,
+                flat: bool = True, covered: np.ndarray | None = None,
+                crop_px: int | None = None) -> list[ArmResult]:
+    """The refinement arms: "PINN+refine" from ``pinn_arm``'s object (uncovered pixels = 1; its
+    time is added) when given, and "refine from flat" from ones when ``flat``.
+
+    Parameters
+    ----------
+    scan : ScanData
+    refine : RefineConfig
+        ``epochs >= 1``.
+    pinn_arm : ArmResult, optional
+        The PINN arm to start from.
+    flat : bool
+        Also refine from a flat object.
+    covered : bool ``(Hy, Wx)``, optional
+        Scored region of "refine from flat" (default: :func:`footprint_mask` with ``crop_px``);
+        "PINN+refine" keeps the PINN arm's.
+
+    Returns
+    -------
+    list of ArmResult, in the order PINN+refine, refine from flat.
+    """
+    require(refine.epochs >= 1, "refine.epochs", ">= 1 for the refinement arms", refine.epochs)
+    if covered is None:
+        covered = footprint_mask(scan, crop_px)
+    starts = ([] if pinn_arm is None else [("pinn_refine", pinn_arm)])
+    if flat:
+        starts.append(("refine_flat", None))
+    out = []
+    for key, base in starts:
+        res = refine_scan(scan, refine, object_init=None if base is None else base.object)
+        out.append(_refine_arm(scan, REFINE_ARM_LABELS[key], res, base, refine, covered))
+    return out
 
 
 def _refine_arm(scan: ScanData, name: str, res: RefineResult, base: ArmResult | None,

@@ -8,7 +8,8 @@ A study config is a YAML mapping with a ``study:`` section plus the usual run se
     study:
       kind: dose                       # dose | overlap | generalization | probe
       values: [1.0e4, 1.0e6, 1.0e9]    # photons/pattern | scan step (px) | n training patterns
-      arms: [pinn, baseline, ptychi]   # any subset (ptychi skipped, with the reason, if absent)
+      arms: [pinn, baseline, ptychi]   # any subset (ptychi skipped, with the reason, if absent);
+                                       # also pinn_refine, refine_flat (refine section, refine_epochs)
       seeds: [0]                       # repeated trials: curves show mean +- std over seeds
       ptychi_iterations: 50
     simulation: {...}
@@ -68,7 +69,7 @@ from ptypinn.grouping import group_patterns, overlap_metrics, probe_radius_px_fr
 from ptypinn.physics import extract_patches
 from ptypinn.pinn import TrainingDiverged
 from ptypinn.simulate import simulate_scan, simulate_train_test
-from ptypinn.workflows.compare import compare, run_arms
+from ptypinn.workflows.compare import compare, refine_arms, run_arms
 from ptypinn.workflows.study_config import PARAMETERS, StudyConfig, load_study
 from ptypinn.workflows.study_results import write_report
 
@@ -308,6 +309,7 @@ def _resume_key(cell: Cell, study: StudyConfig) -> dict[str, Any]:
             "ptychi_iterations": study.ptychi_iterations,
             "ptychi_algorithm": study.ptychi_algorithm,
             "ptychi_engines": list(study.engines),
+            "refine_epochs": study.refine_epochs,
             "test_object_kind": study.test_object_kind,
             "experimental_probe_path": study.experimental_probe_path}
 
@@ -381,6 +383,18 @@ def _run_cell(cell: Cell, study: StudyConfig, cell_dir: Path, cache: dict[Any, A
                 msg = str(e).strip().splitlines()[0]
                 log.error("%s: PtyChi arm failed: %s", cell.name, msg)
                 record["failed"]["PtyChi"] = msg
+    wanted = [k for k in ("pinn_refine", "refine_flat") if k in study.arms]
+    pinn_arm = next((a for a in arms if a.name == ARM_LABELS["pinn"]), None)
+    if wanted and ("refine_flat" in wanted or pinn_arm is not None):
+        ref_cfg = dataclasses.replace(cell.config.refine, epochs=study.refine_epochs)
+        try:
+            arms += refine_arms(test, ref_cfg, pinn_arm if "pinn_refine" in wanted else None,
+                                flat="refine_flat" in wanted, crop_px=cell.config.infer.crop_px)
+        except (ValueError, RuntimeError) as e:
+            msg = str(e).strip().splitlines()[0]
+            log.error("%s: refinement arms failed: %s", cell.name, msg)
+            for k in wanted:
+                record["failed"][ARM_LABELS[k]] = msg
     record["summary"] = compare(test, arms, cell_dir / "compare") if arms else None
     io.write_json(cell_dir / "done.json", record)  # last: marks the cell finished
     return record

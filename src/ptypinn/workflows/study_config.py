@@ -61,7 +61,10 @@ class StudyConfig:
     values : tuple
         Photons per pattern (dose, > 0), scan steps in px (overlap, > 0), training-set sizes in
         patterns (generalization, integers >= 1) or scenario names (probe; default all four).
-    arms : tuple of {"pinn", "baseline", "ptychi"}
+    arms : tuple of {"pinn", "baseline", "ptychi", "pinn_refine", "refine_flat"}
+        ``pinn_refine`` (the refinement started from the PINN's object; needs ``pinn``) and
+        ``refine_flat`` (the refinement from a flat object) use the base config's ``refine``
+        section with ``refine_epochs`` as the cap.
     seeds : tuple of int
         Repeated trials.
     ptychi_iterations : int
@@ -71,6 +74,8 @@ class StudyConfig:
     ptychi_engines : tuple of engine names
         Run each of these pty-chi engines and keep, per cell, the one with the lowest data NLL
         (a truth-free choice; every engine's NLL, epochs and time are recorded).
+    refine_epochs : int
+        Cap of the refinement arms' epochs (overrides ``refine.epochs``), ``>= 1``.
     test_object_kind : str, optional
         Generalization: object kind of the test scan (out of distribution).
     gridsizes : tuple of int
@@ -86,6 +91,7 @@ class StudyConfig:
     ptychi_iterations: int = 50
     ptychi_algorithm: PtychiEngine = "epie"
     ptychi_engines: tuple[str, ...] = ()
+    refine_epochs: int = 200
     test_object_kind: str | None = None
     gridsizes: tuple[int, ...] = ()
     experimental_probe_path: str | None = None
@@ -96,6 +102,11 @@ class StudyConfig:
         require(bool(self.arms) and all(a in ARMS for a in self.arms)
                 and len(set(self.arms)) == len(self.arms), f"{s}.arms",
                 f"a non-empty list of distinct names from {list(ARMS)}", list(self.arms))
+        require("pinn_refine" not in self.arms or "pinn" in self.arms, f"{s}.arms",
+                "'pinn' with 'pinn_refine' (the refinement starts from the PINN's object)",
+                list(self.arms))
+        require(isinstance(self.refine_epochs, int) and self.refine_epochs >= 1,
+                f"{s}.refine_epochs", "an integer >= 1", self.refine_epochs)
         require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), f"{s}.seeds",
                 "a non-empty list of distinct integers", list(self.seeds))
         require(self.ptychi_iterations >= 1, f"{s}.ptychi_iterations", ">= 1",
