@@ -258,6 +258,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """Print every config field (or one section's) with its default, unit and description."""
+    from ptypinn.config import config_reference
+
+    print(config_reference(args.section), end="")
+    return 0
+
+
+def _add_config_command(sub: Any) -> None:
+    from ptypinn.config import SECTIONS
+
+    g = sub.add_parser("config", help="show the configuration fields, defaults, units and "
+                       "descriptions")
+    gs = g.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = gs.add_parser("show", help="print every field of every section (or of SECTION) as "
+                         "commented YAML; the output is a valid config holding the defaults")
+    show.add_argument("section", nargs="?", metavar="SECTION",
+                      help=f"one of {', '.join(SECTIONS)} (default: all)")
+    show.set_defaults(func=cmd_config_show)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from ptypinn.workflows.describe import describe_path
 
@@ -349,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("file")
     f.add_argument("--measurement", **measurement)
     f.set_defaults(func=cmd_info)
+    _add_config_command(sub)
     return p
 
 

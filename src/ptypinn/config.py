@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +41,11 @@ __all__ = [
     "to_dict",
     "build_config",
     "apply_overrides",
+    "FieldDoc",
+    "UNIT_SUFFIXES",
+    "SECTIONS",
+    "field_docs",
+    "config_reference",
 ]
 
 
@@ -264,12 +271,15 @@ class TrainConfig:
     seed : int
         Seed of weights, shuffling and Lightning.
     accelerator : {"auto", "cpu", "gpu"}
+        Lightning accelerator; ``auto`` picks a GPU when there is one.
     devices : int
         Devices per node.
     num_nodes : int
         Nodes (multi-node DDP).
     strategy : {"auto", "ddp"}
+        Lightning strategy; ``ddp`` for data-parallel training on several devices.
     precision : {"32", "bf16-mixed", "16-mixed"}
+        Lightning numerical precision of training.
     max_time_s : float or None
         Wall-time cap of the fit (s); None: no cap.
     tensorboard : bool
@@ -306,7 +316,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class InferConfig:
-    """Streaming inference and stitching.
+    """Streaming inference and stitching (``infer`` section).
 
     Attributes
     ----------
@@ -662,3 +672,142 @@ def build_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str]
     Files are read by :func:`ptypinn.io.load_config`, which calls this.
     """
     return from_dict(Config, apply_overrides(dict(data or {}), overrides))
+
+
+# ------------------------------------------------------------------------------------------------
+# self-description (``ptypinn config show``)
+
+UNIT_SUFFIXES: tuple[tuple[str, str], ...] = (
+    ("_px", "px"), ("_rad", "rad"), ("_deg", "deg"), ("_eV", "eV"), ("_m", "m"), ("_s", "s"))
+"""Field-name suffix -> unit; a field without one of these suffixes is dimensionless."""
+
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
+"""The config sections, in file order."""
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One config field as ``ptypinn config show`` prints it.
+
+    Attributes
+    ----------
+    section : str
+    name : str
+    default : Any
+        The default value (as YAML would hold it: tuples become lists).
+    unit : str
+        From the name's suffix (:data:`UNIT_SUFFIXES`); ``""`` when dimensionless.
+    type : str
+        The type line of the class docstring (e.g. ``int or None``).
+    description : str
+        One line: the first sentence of the docstring's description of the field.
+    """
+
+    section: str
+    name: str
+    default: Any
+    unit: str
+    type: str
+    description: str
+
+
+def _unit(name: str) -> str:
+    return next((u for suffix, u in UNIT_SUFFIXES if name.endswith(suffix)), "")
+
+
+def _plain(text: str) -> str:
+    """RST markup (roles, double back-quotes) removed; whitespace collapsed."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    text = text.replace("``", "")
+    return " ".join(text.split())
+
+
+def _first_sentence(text: str) -> str:
+    m = re.search(r"(?<!e\.g)(?<!i\.e)(?<=[A-Za-z0-9)\]])\.(\s|$)", text)
+    return text[: m.start() + 1] if m else text
+
+
+def _attributes(cls: type) -> dict[str, tuple[str, str]]:
+    """``{name: (type line, description)}`` from the numpydoc Attributes section of ``cls``."""
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    out: dict[str, tuple[str, str]] = {}
+    try:
+        i = lines.index("Attributes") + 2  # skip the underline
+    except ValueError:
+        return out
+    name = None
+    for line in lines[i:]:
+        if line and not line[0].isspace():
+            if set(line) == {"-"}:  # the next section's underline
+                break
+            head, _, tp = line.partition(" : ")
+            name = head.strip()
+            out[name] = (tp.strip(), "")
+        elif name is not None and line.strip():
+            tp, desc = out[name]
+            out[name] = (tp, f"{desc} {line.strip()}")
+    return out
+
+
+def field_docs(section: str | None = None) -> list[FieldDoc]:
+    """Every field of every config section (or of one), with default, unit and description.
+
+    Parameters
+    ----------
+    section : str, optional
+        One of :data:`SECTIONS`; None: all of them.
+
+    Raises
+    ------
+    ConfigError
+        An unknown section (with the closest valid one).
+    """
+    if section is not None and section not in SECTIONS:
+        close = difflib.get_close_matches(str(section), list(SECTIONS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"config section '{section}': unknown{hint} (valid: "
+                          f"{', '.join(SECTIONS)})")
+    defaults = to_dict(Config())
+    hints = typing.get_type_hints(Config)
+    out = []
+    for sect in SECTIONS if section is None else (section,):
+        cls = hints[sect]
+        attrs = _attributes(cls)
+        for f in dataclasses.fields(cls):
+            tp, desc = attrs.get(f.name, ("", ""))
+            out.append(FieldDoc(section=sect, name=f.name, default=defaults[sect][f.name],
+                                unit=_unit(f.name), type=_plain(tp),
+                                description=_first_sentence(_plain(desc))))
+    return out
+
+
+def config_reference(section: str | None = None) -> str:
+    """Every field of the config (or of one section) as commented YAML: the defaults, each with
+    ``# [unit] description``.  The text loads as a config that equals the defaults.
+
+    Parameters
+    ----------
+    section : str, optional
+        One of :data:`SECTIONS`; None: all of them.
+    """
+    docs = field_docs(section)
+    hints = typing.get_type_hints(Config)
+    lines: list[str] = []
+    width = max(len(d.name) + len(_yaml_value(d.default)) for d in docs) + 6
+    for sect in dict.fromkeys(d.section for d in docs):
+        summary = _plain(inspect.cleandoc(hints[sect].__doc__ or "").split("\n\n")[0])
+        if lines:
+            lines.append("")
+        lines += [f"# {summary}", f"{sect}:"]
+        for d in (d for d in docs if d.section == sect):
+            entry = f"  {d.name}: {_yaml_value(d.default)}"
+            unit = f"[{d.unit}] " if d.unit else ""
+            choices = (f" (one of {d.type[1:-1].replace(chr(34), '')})"
+                       if d.type.startswith("{") and d.type.endswith("}") else "")
+            lines.append(f"{entry:<{width}}# {unit}{d.description}{choices}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_value(v: Any) -> str:
+    """One-line YAML of a default value (flow style for lists)."""
+    return yaml.safe_dump({"v": v}, default_flow_style=True, sort_keys=False).strip()[4:-1]
