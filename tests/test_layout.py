@@ -15,7 +15,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = "ptypinn"
 
 CORE = {f"{PKG}.{m}" for m in ("config", "data", "physics", "stitch", "grouping", "simulate",
-                               "metrics", "report", "experimental", "refinement")}
+                               "metrics", "report", "experimental", "refinement",
+                               "provenance")}
 
 
 def _modules() -> dict[str, Path]:
@@ -89,7 +90,8 @@ def _allowed(src: str, dst: str) -> bool:
     if a == "workflows":
         return b in ("core", "pinn", "baselines", "io", "workflows")
     if a == "cli":
-        return b in ("io", "workflows") or dst in (f"{PKG}.config", f"{PKG}.pinn")
+        return b in ("io", "workflows") or dst in (f"{PKG}.config", f"{PKG}.pinn",
+                                                   f"{PKG}.provenance")
     return a == "api" and b != "cli"
 
 

@@ -32,6 +32,8 @@ _API = {
     # refinement (Poisson maximum likelihood on the forward model)
     "refine": "ptypinn.refinement",
     "RefineResult": "ptypinn.refinement",
+    # what produced a result (versions, device, git commit, command line, config)
+    "run_provenance": "ptypinn.provenance",
     # files
     "read_scan": "ptypinn.io",
     "write_scan": "ptypinn.io",
@@ -74,6 +76,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
     from ptypinn.io import load_config, read_scan, write_scan
     from ptypinn.metrics import evaluate
     from ptypinn.physics import data_nll
+    from ptypinn.provenance import run_provenance
     from ptypinn.refinement import RefineResult, refine
     from ptypinn.pinn import TrainingDiverged
     from ptypinn.pinn.bundle import Bundle, load_bundle, save_bundle

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -93,7 +94,7 @@ def _refine_pinn(recon: Any, scan: Any, cfg: Any) -> Any:
     """Refine the network's stitched object (its whole-patch rim included), or None when off."""
     if cfg.refine.epochs == 0:
         return None
-    return ptypinn.refine(scan, cfg.refine, object_init=recon.object)
+    return ptypinn.refine(scan, cfg.refine, object_init=recon.object, progress=_progress())
 
 
 def _add_refine(p: argparse.ArgumentParser) -> None:
@@ -116,6 +117,53 @@ def _add_common(p: argparse.ArgumentParser, config_positional: bool = False) -> 
                        "model, train, infer, iterative, refine)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one config value (repeatable)")
+
+
+# ------------------------------------------------------------------------------------------------
+# output formats, provenance and progress (issue 15)
+
+
+def _add_format(p: argparse.ArgumentParser, what: str = "the reconstruction") -> None:
+    p.add_argument("--format", default="npz", metavar="LIST",
+                   help=f"formats of {what}: a comma-separated list of npz, product (ptychodus "
+                   "product HDF5), cxi (the scan plus the reconstruction), tiff (32-bit amplitude "
+                   "and phase); default npz; PNG pictures are always written")
+
+
+def _formats(args: argparse.Namespace, scan: Any) -> tuple[str, ...]:
+    """The ``--format`` list, checked against what ``scan`` holds (before any computing)."""
+    from ptypinn.workflows.outputs import check_formats, parse_formats
+
+    formats = parse_formats(args.format)
+    check_formats(formats, scan)
+    return formats
+
+
+def _provenance(out_dir: Path, cfg: Any) -> dict[str, Any]:
+    """Record the run's provenance: one line in the log (console and file), the full record
+    (with the resolved config) in the log file only; return it for the outputs' metadata."""
+    from ptypinn.provenance import provenance_line, run_provenance
+
+    prov = run_provenance(cfg)
+    log.info("provenance: %s", provenance_line(prov))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(out_dir / "ptypinn.log")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    fh.handle(logging.LogRecord(log.name, logging.INFO, __file__, 0, "provenance (full): %s",
+                                (json.dumps(prov, default=str),), None))
+    fh.close()
+    return prov
+
+
+def _progress() -> bool:
+    """Progress bars only on a terminal: output redirected to a file stays free of
+    carriage-return fragments (Lightning's bar writes to stdout, ours to stderr)."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def _quiet_training(cfg: Any) -> Any:
+    """``cfg`` with Lightning's progress bar off when not on a terminal."""
+    return cfg if _progress() else _with_flags(cfg, "train", progress_bar=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,11 +201,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("train: expected one config, got both a positional one and --config")
         log.warning("'ptypinn train CONFIG' is deprecated; use 'ptypinn train --config CONFIG'")
         args.config = args.config_positional
-    cfg = _config(args)
+    cfg = _quiet_training(_config(args))
     scan = _read_scan(args.train, args.measurement)
     out = Path(args.output)
     _log_to_file(out)
     _write_config(out, cfg)
+    from ptypinn import io
+
+    io.write_json(out / "provenance.json", _provenance(out, cfg))
     res = ptypinn.train_model(cfg, scan, out, resume=args.resume)
     if res.is_global_zero:
         log.info("trained %d epochs in %.1f s (%.1f samples/s); bundle: %s", res.epochs_run,
@@ -190,29 +241,35 @@ def cmd_infer(args: argparse.Namespace) -> int:
     cfg = _with_refine_flags(_config(args), args)
     bundle = ptypinn.load_bundle(args.run)
     scan = _read_scan(args.scan, args.measurement)
+    formats = _formats(args, scan)
     out = Path(args.output)
-    recon = ptypinn.reconstruct(bundle, scan, cfg.infer)
+    recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress())
     refined = _refine_pinn(recon, scan, cfg)
     _log_to_file(out)
     _write_config(out, cfg)
-    _print_summary(write_outputs(out, recon, scan, {"bundle": str(args.run)}, refined=refined))
+    prov = _provenance(out, cfg)
+    _print_summary(write_outputs(out, recon, scan, {"bundle": str(args.run)}, refined=refined,
+                                 formats=formats, provenance=prov))
     return 0
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from ptypinn.workflows.outputs import write_outputs
 
-    cfg = _with_refine_flags(_config(args), args)
+    cfg = _quiet_training(_with_refine_flags(_config(args), args))
     scan = ptypinn.calibrate_probe(_read_scan(args.scan, args.measurement))
+    formats = _formats(args, scan)
     out = Path(args.output)
     _log_to_file(out)
     _write_config(out, cfg)
+    prov = _provenance(out, cfg)
     t0 = time.perf_counter()
     bundle = ptypinn.train_model(cfg, scan, out / "run").bundle
     train_s = time.perf_counter() - t0
-    recon = ptypinn.reconstruct(bundle, scan, cfg.infer)
+    recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress())
     refined = _refine_pinn(recon, scan, cfg)
-    _print_summary(write_outputs(out, recon, scan, {"train_time_s": train_s}, refined=refined))
+    _print_summary(write_outputs(out, recon, scan, {"train_time_s": train_s}, refined=refined,
+                                 formats=formats, provenance=prov))
     return 0
 
 
@@ -226,12 +283,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     engines = list(dict.fromkeys(args.ptychi or []))
     ptychi = [dataclasses.replace(cfg.iterative, algorithm=e) for e in engines] or None
     scan = _read_scan(args.scan, args.measurement)
+    formats = _formats(args, scan)
     out = Path(args.output)
     arms = run_arms(scan, pinn=args.pinn, baseline=args.baseline, ptychi=ptychi,
-                    infer_cfg=cfg.infer, refine=cfg.refine if cfg.refine.epochs > 0 else None)
+                    infer_cfg=cfg.infer, refine=cfg.refine if cfg.refine.epochs > 0 else None,
+                    progress=_progress())
     _log_to_file(out)
     _write_config(out, cfg)
-    print(summary_table(compare(scan, arms, out)))
+    prov = _provenance(out, cfg)
+    print(summary_table(compare(scan, arms, out, formats=formats, provenance=prov)))
     return 0
 
 
@@ -241,6 +301,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     _log_to_file(out)
+    _provenance(out, None)
+    # train.progress_bar is left as configured: it is part of each cell's resume key
     summary = write_report(out) if args.report_only else run_study(args.config, out, args.set)
     print(summary["table"])
     print(f"finding: {summary['finding']}")
@@ -253,7 +315,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     _log_to_file(out)
-    summary = run_demo(out, quick=args.quick, overrides=args.set)
+    _provenance(out, None)
+    overrides = list(args.set) + ([] if _progress() else ["train.progress_bar=false"])
+    summary = run_demo(out, quick=args.quick, overrides=overrides)
     print(summary["text"])
     return 0
 
@@ -322,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("-o", "--output", required=True, help="output directory")
     i.add_argument("--measurement", **measurement)
     _add_refine(i)
+    _add_format(i)
     i.set_defaults(func=cmd_infer)
 
     r = sub.add_parser("reconstruct", help="self-supervised: train on a scan, then reconstruct it")
@@ -330,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True, help="output directory")
     r.add_argument("--measurement", **measurement)
     _add_refine(r)
+    _add_format(r)
     r.set_defaults(func=cmd_reconstruct)
 
     c = sub.add_parser("compare", help="run PINN / baseline / pty-chi on one scan and compare them")
@@ -349,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output directory")
     c.add_argument("--measurement", **measurement)
     _add_refine(c)
+    _add_format(c, "every arm's reconstruction (under OUTPUT/arms/; npz is always written)")
     c.set_defaults(func=cmd_compare)
 
     y = sub.add_parser("study", help="parameter study: dose, overlap, generalization or probe")

@@ -84,6 +84,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ptypinn.config import RefineConfig, require
 from ptypinn.data import ScanData
@@ -392,7 +393,7 @@ class _State:
 
 
 def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = None,
-           probe_init: np.ndarray | None = None) -> RefineResult:
+           probe_init: np.ndarray | None = None, progress: bool = False) -> RefineResult:
     """Refine an object (and optionally probe and positions) by Poisson maximum likelihood.
 
     Parameters
@@ -408,6 +409,8 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
         flat object (ones).
     probe_init : complex ``(H, W)`` or ``(M, H, W)``, optional
         Starting probe in photon units; None: ``scan.probe``.
+    progress : bool
+        Show a progress bar of the epochs (with the last checked NLL) on stderr.
 
     Returns
     -------
@@ -453,6 +456,8 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
     reason = "off" if cfg.epochs == 0 else "cap"
     solver_s = 0.0
     done = halvings = 0
+    bar = tqdm(total=cfg.epochs, desc="refinement", unit="epoch", disable=not progress,
+               leave=False)
     while done < cfg.epochs:
         t = time.perf_counter()
         for _ in range(min(cfg.check_every_epochs, cfg.epochs - done)):
@@ -462,6 +467,7 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
                 state.update(rows.to(device), counts[rows].to(device, non_blocking=True),
                              newton=done < NEWTON_WARMUP_EPOCHS)
             done += 1
+            bar.update(1)
         sync()
         solver_s += time.perf_counter() - t
         t = time.perf_counter()
@@ -470,6 +476,7 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
         previous = reference
         reference = nll
         history.append((done, solver_s, nll))
+        bar.set_postfix(nll_per_px=f"{nll:.4g}")
         log.info("refine: epoch %d, data NLL %.6g per pixel, %.2f s", done, nll, solver_s)
         improved = math.isfinite(nll) and (best is None or nll < best[0])
         if improved:
@@ -488,6 +495,7 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
         if stop is not None:
             reason = stop
             break
+    bar.close()
     if best is None:
         raise RuntimeError("refine: the data NLL was never finite (NaN/Inf in the start or the "
                            "updates); try a smaller refine.step")

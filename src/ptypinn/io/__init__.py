@@ -1,6 +1,7 @@
 """All file access of the package (nothing outside ``ptypinn.io`` touches files).
 
-* :mod:`ptypinn.io.files` -- atomic writes; YAML, JSON, NPZ, safetensors, bytes, images.
+* :mod:`ptypinn.io.files` -- atomic writes; YAML, JSON, NPZ, safetensors, bytes, images,
+  32-bit TIFF.
 * :mod:`ptypinn.io.scans` -- scan formats: detection, the ``{format: reader}`` table, canonical and
   reference NPZ.
 * :mod:`ptypinn.io.hdf5` -- CXI, ptychodus product files, the tike Siemens-star scan.
@@ -19,12 +20,14 @@ from ptypinn.io.files import (
     read_image,
     read_json,
     read_safetensors,
+    read_tiff,
     read_yaml,
     save_npz,
     write_bytes,
     write_json,
     write_safetensors,
     write_text,
+    write_tiff,
     write_yaml,
 )
 from ptypinn.io.hdf5 import (
@@ -49,7 +52,7 @@ from ptypinn.io.scans import (
 __all__ = [
     "atomic_path", "json_default", "load_config", "load_npz", "read_bytes", "read_image", "read_json",
     "read_safetensors", "read_yaml", "save_npz", "write_bytes", "write_json", "write_safetensors",
-    "write_text", "write_yaml",
+    "write_text", "write_yaml", "read_tiff", "write_tiff",
     "Product", "describe_hdf5", "detect_hdf5_kind", "read_cxi", "read_product",
     "read_tike_siemens_npz_bz2", "write_cxi", "write_product",
     "SCAN_FORMAT", "detect_format", "read_probe", "read_reference_npz", "read_scan", "write_scan",

@@ -36,6 +36,8 @@ __all__ = [
     "write_bytes",
     "read_bytes",
     "read_image",
+    "write_tiff",
+    "read_tiff",
 ]
 
 @contextlib.contextmanager
@@ -190,6 +192,54 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         img = color.rgb2gray(img[..., :3]) if img.shape[-1] >= 3 else img[..., 0]
     lo, hi = float(img.min()), float(img.max())
     return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+def write_tiff(path: str | os.PathLike, image: np.ndarray, metadata: Mapping[str, Any] | None = None,
+               pixel_size_m: float | None = None) -> None:
+    """Write a 2-D real image as a 32-bit float TIFF (tifffile), atomically.
+
+    Parameters
+    ----------
+    path : output ``.tif``/``.tiff`` file
+    image : real ``(H, W)``
+        Stored as float32 (NaN allowed, e.g. for pixels outside the reconstructed region).
+    metadata : dict, optional
+        JSON-friendly metadata, stored as JSON in the ImageDescription tag (tifffile's "shaped"
+        description; read back by :func:`read_tiff`).
+    pixel_size_m : float, optional
+        Pixel size in metres, stored as the X/Y resolution tags in pixels per centimetre.
+    """
+    import tifffile
+
+    img = np.asarray(image)
+    if img.ndim != 2 or np.iscomplexobj(img):
+        raise ValueError(f"image: expected a real 2-D array, got {img.dtype}{img.shape}")
+    # round-trip through JSON so numpy values and paths become plain JSON types
+    meta = json.loads(json.dumps(dict(metadata or {}), default=json_default))
+    extra: dict[str, Any] = {}
+    if pixel_size_m is not None and pixel_size_m > 0:
+        per_cm = 1e-2 / float(pixel_size_m)
+        extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+    with atomic_path(path, suffix=".tif") as tmp:
+        tifffile.imwrite(tmp, img.astype(np.float32), metadata=meta, **extra)
+
+
+def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a TIFF written by :func:`write_tiff`: ``(image, metadata)``."""
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such TIFF file")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            image = tif.asarray()
+            shaped = tif.shaped_metadata
+    except (tifffile.TiffFileError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable TIFF file ({e})") from None
+    meta = dict(shaped[0]) if shaped else {}
+    meta.pop("shape", None)
+    return image, meta
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:

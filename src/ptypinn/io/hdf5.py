@@ -49,7 +49,7 @@ import numpy as np
 from scipy import constants
 
 from ptypinn.data import ScanData, frame_shift_px, window_outside
-from ptypinn.io.files import atomic_path
+from ptypinn.io.files import atomic_path, json_default
 
 __all__ = [
     "Product",
@@ -92,6 +92,9 @@ PRODUCT_OBJECT = "/object"
 PRODUCT_LAYERS = "/object_layer_spacing_m"
 PRODUCT_LOSS = ("/loss_values", "/costs")
 PRODUCT_EPOCHS = "/loss_epochs"
+PRODUCT_OPR = "opr_weights"  # ptychodus reads /probe@opr_weights and writes /opr_weights
+PRODUCT_PTYPINN = "/ptypinn/metadata_json"  # our run metadata (provenance); ignored by ptychodus
+CXI_IMAGE = "/entry_1/image_1"  # a reconstructed object (CXI "image" of data_type "object")
 
 TIKE_COPYRIGHT = "Copyright (c) 2018, UChicago Argonne, LLC. All rights reserved."
 
@@ -316,8 +319,9 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
         raise ValueError(f"{path}: {where}: {e}") from None
 
 
-def write_cxi(path: str | os.PathLike, scan: ScanData) -> None:
-    """Write a scan as a minimal valid CXI file (atomically).
+def write_cxi(path: str | os.PathLike, scan: ScanData, image: np.ndarray | None = None,
+              metadata: dict[str, Any] | None = None) -> None:
+    """Write a scan as a minimal valid CXI file (atomically), optionally with a reconstruction.
 
     Requires ``meta['photon_energy_eV']``, ``meta['detector_distance_m']`` and
     ``meta['detector_pixel_size_m']`` (CXI stores SI geometry; the object pixel size follows
@@ -328,6 +332,17 @@ def write_cxi(path: str | os.PathLike, scan: ScanData) -> None:
     ``origin`` the object-frame centre; probe at ``/entry_1/instrument_1/source_1/illumination``;
     energy (J), distance, pixel sizes and mask (1 = bad) under ``instrument_1``; ptypinn's
     meta, frame origin and objects under ``/entry_1/ptypinn`` so the round trip is exact.
+
+    Parameters
+    ----------
+    path : output file
+    scan : ScanData
+    image : complex ``(Hy, Wx)``, optional
+        A reconstructed object in the scan's frame, written as a CXI image at
+        ``/entry_1/image_1/data`` (``data_type = "object"``, ``data_space = "real"``,
+        ``x_pixel_size``/``y_pixel_size`` in metres).
+    metadata : dict, optional
+        JSON-friendly run metadata (provenance), stored at ``/entry_1/ptypinn/metadata_json``.
     """
     path = Path(path)
     meta = scan.meta
@@ -351,6 +366,9 @@ def write_cxi(path: str | os.PathLike, scan: ScanData) -> None:
     t = np.zeros((scan.n_patterns, 3))
     t[:, 0] = -rel[:, 1] * ps
     t[:, 1] = -rel[:, 0] * ps
+    if image is not None and np.shape(image) != (hy, wx):
+        raise ValueError(f"image: expected the scan's object shape ({hy}, {wx}), got "
+                         f"{np.shape(image)}")
     counts = scan.counts
     if np.array_equal(counts, np.round(counts)) and counts.max() < 2**31:
         counts = counts.astype(np.uint32)
@@ -388,6 +406,17 @@ def write_cxi(path: str | os.PathLike, scan: ScanData) -> None:
             for k in ("object_true", "object_guess"):
                 if getattr(scan, k) is not None:
                     own.create_dataset(k, data=getattr(scan, k))
+            if metadata:
+                own.create_dataset("metadata_json", data=json.dumps(metadata,
+                                                                    default=json_default))
+            if image is not None:
+                img = f.create_group(CXI_IMAGE)
+                img.attrs["NX_class"] = "NXdata"
+                img.create_dataset("data", data=np.asarray(image, dtype=np.complex64))
+                img.create_dataset("data_type", data="object")
+                img.create_dataset("data_space", data="real")
+                img.create_dataset("x_pixel_size", data=ps)
+                img.create_dataset("y_pixel_size", data=ps)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -408,9 +437,16 @@ class Product:
         Object (and probe) pixel size in metres.
     photon_energy_eV : float or None
     loss_history : list of float
-        One value per epoch.
+        Loss (or data NLL) values, one per entry of ``loss_epochs``.
     name : str
     detector_distance_m : float or None
+    loss_epochs : list of int or None
+        Epoch of each ``loss_history`` value; None: ``0, 1, 2, ...``.
+    opr_weights : float64 ``(n, opr)`` or None
+        Orthogonal-probe-relaxation weights of each position for each probe of an OPR stack;
+        None: one probe for every position (all weights 1, ``(n, 1)``).
+    metadata : dict
+        JSON-friendly run metadata (provenance); written under ``/ptypinn`` and read back.
     """
 
     positions_px: np.ndarray
@@ -421,6 +457,9 @@ class Product:
     loss_history: list[float] = field(default_factory=list)
     name: str = "ptypinn"
     detector_distance_m: float | None = None
+    loss_epochs: list[int] | None = None
+    opr_weights: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -448,6 +487,18 @@ class Product:
         set_("object", obj.astype(np.complex64, copy=False))
         set_("object_pixel_size_m", ps)
         set_("loss_history", [float(v) for v in self.loss_history])
+        epochs = (list(range(len(self.loss_history))) if self.loss_epochs is None
+                  else [int(e) for e in self.loss_epochs])
+        if len(epochs) != len(self.loss_history):
+            raise ValueError(f"loss_epochs: expected {len(self.loss_history)} values (one per "
+                             f"loss), got {len(epochs)}")
+        set_("loss_epochs", epochs)
+        w = (np.ones((pos.shape[0], 1)) if self.opr_weights is None
+             else np.asarray(self.opr_weights, dtype=np.float64))
+        if w.ndim != 2 or w.shape[0] != pos.shape[0] or not np.isfinite(w).all():
+            raise ValueError(f"opr_weights: expected finite values of shape ({pos.shape[0]}, "
+                             f"opr), got {w.shape}")
+        set_("opr_weights", w)
 
 
 def _check_product_positions(pos: np.ndarray, n: int, shape: tuple[int, int],
@@ -513,6 +564,22 @@ def read_product(path: str | os.PathLike) -> Product:
         loss_path = _first(f, PRODUCT_LOSS)
         losses = ([] if loss_path is None
                   else np.asarray(f[loss_path][()], dtype=np.float64).reshape(-1).tolist())
+        epochs = (np.asarray(f[PRODUCT_EPOCHS][()]).reshape(-1).astype(int).tolist()
+                  if PRODUCT_EPOCHS in f and loss_path is not None else None)
+        if epochs is not None and len(epochs) != len(losses):
+            _fail(path, PRODUCT_EPOCHS, f"{len(losses)} epochs (as {loss_path})", len(epochs))
+        opr = f[PRODUCT_PROBE].attrs.get(PRODUCT_OPR)
+        if opr is None and f"/{PRODUCT_OPR}" in f:
+            opr = f[f"/{PRODUCT_OPR}"][()]
+        if opr is not None:
+            opr = np.asarray(opr, dtype=np.float64)
+            if opr.ndim != 2 or opr.shape[0] != x_m.size:
+                _fail(path, f"{PRODUCT_PROBE}@{PRODUCT_OPR}", f"shape ({x_m.size}, opr)",
+                      opr.shape)
+            if opr.shape[1] > 1:  # the first probe of the stack is kept: its weights only
+                opr = opr[:, :1]
+        metadata = (json.loads(_attr_str(f[PRODUCT_PTYPINN][()]))
+                    if PRODUCT_PTYPINN in f else {})
         name = _attr_str(f.attrs.get("name", path.stem))
 
     hy, wx = obj.shape
@@ -526,7 +593,8 @@ def read_product(path: str | os.PathLike) -> Product:
                        object_pixel_size_m=geo["pixel_width_m"],
                        photon_energy_eV=energy if energy and energy > 0 else None,
                        loss_history=losses, name=name,
-                       detector_distance_m=distance if distance and distance > 0 else None)
+                       detector_distance_m=distance if distance and distance > 0 else None,
+                       loss_epochs=epochs, opr_weights=opr, metadata=metadata)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 
@@ -537,7 +605,9 @@ def write_product(path: str | os.PathLike, product: Product) -> None:
     The object is centred at ``(0, 0)`` m, so ``probe_position_x_m = (x_px - Wx/2) * pixel``.
     Both ``photon_energy_eV`` and the older ``probe_energy_eV`` root attributes are written
     (0.0 when unknown, as ptychodus does), with every root attribute and dataset ptychodus's
-    reader requires.
+    reader requires.  ``opr_weights`` ``(n, opr)`` go where ptychodus's reader looks
+    (``/probe@opr_weights``) and where its writer puts them (``/opr_weights``);
+    ``product.metadata`` is stored as JSON at ``/ptypinn/metadata_json``.
     """
     path = Path(path)
     hy, wx = product.object.shape
@@ -549,7 +619,8 @@ def write_product(path: str | os.PathLike, product: Product) -> None:
     y_m = (product.positions_px[:, 0] - hy / 2) * ps
     energy = float(product.photon_energy_eV or 0.0)
     with atomic_path(path, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as f:
+        # HDF5 >= 1.8 object headers: attributes larger than 64 kB (opr_weights of big scans)
+        with h5py.File(tmp, "w", libver=("v108", "latest")) as f:
             f.attrs["name"] = product.name
             f.attrs["comments"] = "written by ptypinn"
             f.attrs["detector_object_distance_m"] = float(product.detector_distance_m or 0.0)
@@ -565,16 +636,21 @@ def write_product(path: str | os.PathLike, product: Product) -> None:
             pr = f.create_dataset(PRODUCT_PROBE, data=product.probe)
             pr.attrs["pixel_width_m"] = ps
             pr.attrs["pixel_height_m"] = ps
+            pr.attrs[PRODUCT_OPR] = product.opr_weights
+            f.create_dataset(PRODUCT_OPR, data=product.opr_weights)
             ob = f.create_dataset(PRODUCT_OBJECT, data=product.object)
             ob.attrs["center_x_m"] = 0.0
             ob.attrs["center_y_m"] = 0.0
             ob.attrs["pixel_width_m"] = ps
             ob.attrs["pixel_height_m"] = ps
             f.create_dataset(PRODUCT_LAYERS, data=np.zeros(0, dtype=np.float64))
-            f.create_dataset(PRODUCT_EPOCHS, data=np.arange(len(product.loss_history),
-                                                            dtype=np.int64))
+            f.create_dataset(PRODUCT_EPOCHS, data=np.asarray(product.loss_epochs,
+                                                             dtype=np.int64))
             f.create_dataset(PRODUCT_LOSS[0], data=np.asarray(product.loss_history,
                                                               dtype=np.float64))
+            if product.metadata:
+                f.create_dataset(PRODUCT_PTYPINN, data=json.dumps(product.metadata,
+                                                                  default=json_default))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ptypinn.config import InferConfig
 from ptypinn.data import ScanData
@@ -112,8 +113,12 @@ def _check_scan(bundle: Bundle, scan: ScanData) -> None:
                          f"{scan.n_patterns}")
 
 
-def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig) -> Reconstruction:
+def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig,
+                progress: bool = False) -> Reconstruction:
     """Run the bundle's model over ``scan`` and stitch the result.
+
+    ``progress`` shows a progress bar of the patterns on stderr (the command line turns it on
+    only on a terminal).
 
     Raises
     ------
@@ -166,14 +171,17 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig) -> Reconstruct
                 for t in variants]
         positions = torch.from_numpy(scan.positions_px)
         all_rows = np.arange(scan.n_patterns)
-        for start in range(0, scan.n_patterns, cfg.batch_size):
-            rows = all_rows[start:start + cfg.batch_size]
-            patches = seed_patches(rows)
-            pos = positions[rows].to(device)
-            for (cropped, whole), rot in zip(stitchers, rots):
-                rotated = patches * rot[rows].to(device)[:, None, None]
-                cropped.add(rotated, pos)
-                whole.add(rotated, pos)
+        with tqdm(total=scan.n_patterns, desc="inference", unit="pattern", disable=not progress,
+                  leave=False) as bar:
+            for start in range(0, scan.n_patterns, cfg.batch_size):
+                rows = all_rows[start:start + cfg.batch_size]
+                patches = seed_patches(rows)
+                pos = positions[rows].to(device)
+                for (cropped, whole), rot in zip(stitchers, rots):
+                    rotated = patches * rot[rows].to(device)[:, None, None]
+                    cropped.add(rotated, pos)
+                    whole.add(rotated, pos)
+                bar.update(len(rows))
         objects = []
         for cropped, whole in stitchers:
             obj_c, covered = cropped.result()

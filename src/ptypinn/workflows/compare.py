@@ -14,6 +14,8 @@ Two steps, so arms can also be produced elsewhere (or built by hand in tests):
        frc.csv          model, spatial_frequency (cycles/px), frc, threshold_half_bit
        frc.png          the FRC curves with the 1/2-bit and 1/7 thresholds
        timings.csv      model, wall_time_s, patterns_per_s, speedup_vs_ptychi
+       arms/LABEL.npz   every arm's reconstruction: object, covered, probe, positions_px,
+                        metadata_json (plus LABEL.product.h5, LABEL.cxi, LABEL_*.tif on request)
 
 Scored region: the intersection of all arms' ``covered`` masks, so every arm is judged on the
 same pixels.  PtyChi has no patch crop; its ``covered`` mask is the region a network arm with the
@@ -41,6 +43,7 @@ import io as _text_io
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -57,11 +60,11 @@ from ptypinn.pinn.bundle import Bundle, load_bundle
 from ptypinn.pinn.infer import reconstruct
 from ptypinn.metrics import align, evaluate, frc_interior, metrics_long_rows
 from ptypinn.refinement import RefineResult, refine as refine_scan
-from ptypinn.workflows.outputs import refine_summary
+from ptypinn.workflows.outputs import file_metadata, refine_summary, write_result_files
 
 
 __all__ = ["ArmResult", "REFINE_ARM_LABELS", "footprint_mask", "run_arms", "refine_arms",
-           "compare", "summary_table"]
+           "arm_file_stem", "write_arms", "compare", "summary_table"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,12 @@ class ArmResult:
         (:func:`ptypinn.physics.data_nll`).
     details : dict
         JSON-friendly extras (bundle path, pty-chi algorithm and iterations, ...).
+    probe : complex ``(H, W)`` or ``(modes, H, W)``, optional
+        The arm's probe when it refined one; None: the scan's.
+    positions_px : float ``(n, 2)``, optional
+        The arm's positions when it refined them; None: the scan's.
+    loss : list of (int, float)
+        ``(epoch, value)`` loss or data-NLL history (for the product file); may be empty.
     """
 
     name: str
@@ -99,6 +108,9 @@ class ArmResult:
     patterns_per_s: float
     nll_per_pixel: float
     details: dict[str, Any] = field(default_factory=dict)
+    probe: np.ndarray | None = None
+    positions_px: np.ndarray | None = None
+    loss: list[tuple[int, float]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,7 +142,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
              baseline: str | os.PathLike | Bundle | None = None,
              ptychi: IterativeConfig | Sequence[IterativeConfig] | None = None,
              infer_cfg: InferConfig = InferConfig(),
-             refine: RefineConfig | None = None) -> list[ArmResult]:
+             refine: RefineConfig | None = None, progress: bool = False) -> list[ArmResult]:
     """Reconstruct ``scan`` with each requested arm, in the order PINN, Baseline, PtyChi,
     PINN+refine, refine from flat.
 
@@ -160,6 +172,8 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         update time, plus the PINN's inference time for "PINN+refine"; ``nll_per_pixel`` is
         measured with the refined probe and positions when those were refined; ``details``
         hold the epochs, stop reason and NLL history.
+    progress : bool
+        Progress bars (stderr) for the network arms' inference and the refinements.
 
     Returns
     -------
@@ -188,7 +202,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
                  if ptychi is not None or refine is not None else None)
     arms: list[ArmResult] = []
     for kind, where, bundle in networks:
-        rec = reconstruct(bundle, scan, infer_cfg)
+        rec = reconstruct(bundle, scan, infer_cfg, progress=progress)
         arms.append(ArmResult(
             name=ARM_LABELS[kind], object=rec.object, covered=rec.covered,
             wall_time_s=rec.wall_time_s, patterns_per_s=rec.patterns_per_s,
@@ -210,7 +224,8 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         nll, it_cfg, res = min(candidates, key=lambda c: c[0] if math.isfinite(c[0]) else math.inf)
         wall = res.wall_time_s
         arms.append(ArmResult(
-            name=ARM_LABELS["ptychi"], object=res.object,
+            name=ARM_LABELS["ptychi"], object=res.object, probe=res.probe,
+            loss=[(i, float(v)) for i, v in enumerate(res.loss_history)],
             covered=footprint, wall_time_s=wall,
             patterns_per_s=scan.n_patterns / wall if wall > 0 else math.nan,
             nll_per_pixel=nll,
@@ -225,13 +240,14 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
                                     for c in candidates}}))
     if refine is not None:
         pinn_arm = next((a for a in arms if a.name == ARM_LABELS["pinn"]), None)
-        arms += refine_arms(scan, refine, pinn_arm, flat=True, covered=footprint)
+        arms += refine_arms(scan, refine, pinn_arm, flat=True, covered=footprint,
+                            progress=progress)
     return arms
 
 
 def refine_arms(scan: ScanData, refine: RefineConfig, pinn_arm: ArmResult | None = None,
                 flat: bool = True, covered: np.ndarray | None = None,
-                crop_px: int | None = None) -> list[ArmResult]:
+                crop_px: int | None = None, progress: bool = False) -> list[ArmResult]:
     """The refinement arms: "PINN+refine" from ``pinn_arm``'s object (uncovered pixels = 1; its
     time is added) when given, and "refine from flat" from ones when ``flat``.
 
@@ -247,6 +263,8 @@ def refine_arms(scan: ScanData, refine: RefineConfig, pinn_arm: ArmResult | None
     covered : bool ``(Hy, Wx)``, optional
         Scored region of "refine from flat" (default: :func:`footprint_mask` with ``crop_px``);
         "PINN+refine" keeps the PINN arm's.
+    progress : bool
+        A progress bar (stderr) of each refinement's epochs.
 
     Returns
     -------
@@ -260,7 +278,8 @@ def refine_arms(scan: ScanData, refine: RefineConfig, pinn_arm: ArmResult | None
         starts.append(("refine_flat", None))
     out = []
     for key, base in starts:
-        res = refine_scan(scan, refine, object_init=None if base is None else base.object)
+        res = refine_scan(scan, refine, object_init=None if base is None else base.object,
+                          progress=progress)
         out.append(_refine_arm(scan, REFINE_ARM_LABELS[key], res, base, refine, covered))
     return out
 
@@ -279,7 +298,9 @@ def _refine_arm(scan: ScanData, name: str, res: RefineResult, base: ArmResult | 
                "probe": "refined" if cfg.refine_probe else "fixed",
                "positions": "refined" if cfg.refine_positions else "fixed"}
     details["wall_time_s"] = wall
-    return ArmResult(name=name, object=res.object,
+    return ArmResult(name=name, object=res.object, probe=res.probe,
+                     positions_px=res.positions_px,
+                     loss=[(e, v) for e, _, v in res.nll_history],
                      covered=base.covered if base is not None else covered, wall_time_s=wall,
                      patterns_per_s=scan.n_patterns / wall if wall > 0 else math.nan,
                      nll_per_pixel=res.nll_per_pixel, details=details)
@@ -329,7 +350,41 @@ def _finite(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def compare(scan: ScanData, arms: list[ArmResult], out_dir: str | os.PathLike) -> dict[str, Any]:
+def arm_file_stem(name: str) -> str:
+    """File-name stem of an arm label: ``"PINN+refine"`` -> ``"PINN_refine"``,
+    ``"refine from flat"`` -> ``"refine_from_flat"``."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_") or "arm"
+
+
+def write_arms(scan: ScanData, arms: Sequence[ArmResult], out_dir: str | os.PathLike,
+               formats: Sequence[str] = ("npz",),
+               provenance: dict[str, Any] | None = None) -> list[str]:
+    """Write every arm's reconstruction into ``out_dir/arms/`` (always NPZ, plus ``formats``);
+    return the paths written, relative to ``out_dir``.
+
+    Each file holds the arm's object, covered region, probe and positions (its own when it
+    refined them, the scan's otherwise) and the metadata of
+    :func:`ptypinn.workflows.outputs.file_metadata` with the arm's name and details.
+    """
+    stems = [arm_file_stem(a.name) for a in arms]
+    if len(set(stems)) != len(stems):
+        raise ValueError(f"arms: expected names that give distinct file names, got "
+                         f"{[a.name for a in arms]}")
+    formats = tuple(dict.fromkeys(("npz", *formats)))
+    files: list[str] = []
+    for a, stem in zip(arms, stems):
+        probe = scan.probe if a.probe is None else a.probe
+        positions = scan.positions_px if a.positions_px is None else a.positions_px
+        meta = file_metadata(scan, provenance, {"arm": a.name, "details": a.details,
+                                                "nll_per_pixel": _finite(a.nll_per_pixel)})
+        files += write_result_files(out_dir, f"arms/{stem}", scan, a.object, a.covered, probe,
+                                    positions, formats, metadata=meta, loss=a.loss)
+    return files
+
+
+def compare(scan: ScanData, arms: list[ArmResult], out_dir: str | os.PathLike,
+            formats: Sequence[str] = ("npz",),
+            provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score the arms on ``scan`` and write the comparison files into ``out_dir``.
 
     Parameters
@@ -340,6 +395,11 @@ def compare(scan: ScanData, arms: list[ArmResult], out_dir: str | os.PathLike) -
     arms : list of ArmResult
         Objects in the scan's object frame; names unique.
     out_dir : path
+    formats : names from :data:`ptypinn.workflows.outputs.OUTPUT_FORMATS`
+        Formats of each arm's reconstruction under ``arms/`` (:func:`write_arms`; NPZ always).
+    provenance : dict, optional
+        :func:`ptypinn.provenance.run_provenance`'s record, kept in ``metrics.json`` and in every
+        arm file.
 
     Returns
     -------
@@ -417,7 +477,9 @@ def compare(scan: ScanData, arms: list[ArmResult], out_dir: str | os.PathLike) -
     title = (f"{scan.n_patterns} patterns, scored on {int(common.sum())} px covered by all arms"
              + ("" if truth is not None else f" (no ground truth; aligned to {arms[0].name})"))
     files = ["metrics.csv", "metrics.json", "comparison.png", "frc.csv", "frc.png", "timings.csv"]
+    files += write_arms(scan, arms, out, formats, provenance)
     summary["files"] = files
+    summary["provenance"] = provenance
     io.write_text(out / "metrics.csv", _csv(["model", "quantity", "metric", "value"], rows))
     io.write_text(out / "frc.csv", _csv(["model", "spatial_frequency", "frc",
                                          "threshold_half_bit"], frc_rows))
