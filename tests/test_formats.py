@@ -254,6 +254,7 @@ def test_cli_infer_formats_and_provenance(measured, tmp_path, capsys):
     assert "provenance: ptypinn" in log and '"config":' in log  # full record in the file
     assert io.read_product(out / "reconstruction.product.h5").metadata["provenance"]["torch"]
 
+    capsys.readouterr()
     sim = tmp_path / "sim.npz"
     io.write_scan(sim, measured.replace(meta={}))
     for argv, needle in (([str(tmp_path / "scan.npz"), "--format", "npz,png"], "--format"),
@@ -276,3 +277,18 @@ def test_redirected_output_has_no_progress_fragments(tmp_path):
     assert proc.returncode == 0, out[-2000:]
     assert b"\r" not in out
     assert b"ptypinn demo" in out
+
+
+def test_product_with_many_positions(tmp_path):
+    """opr_weights of a large scan exceed HDF5's 64 kB compact-attribute limit."""
+    n = 20000
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(9, 55, (n, 2))
+    prod = io.Product(positions_px=pos, probe=np.ones((16, 16), np.complex64),
+                      object=np.ones((64, 64), np.complex64), object_pixel_size_m=1e-8)
+    io.write_product(tmp_path / "big.h5", prod)
+    with h5py.File(tmp_path / "big.h5", "r") as f:
+        assert f["probe"].attrs["opr_weights"].shape == (n, 1)  # 160 kB
+    back = io.read_product(tmp_path / "big.h5")
+    np.testing.assert_allclose(back.positions_px, pos, atol=1e-9)
+    assert back.opr_weights.shape == (n, 1)

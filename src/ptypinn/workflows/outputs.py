@@ -149,8 +149,11 @@ def write_result_files(out_dir: str | Path, stem: str, scan: ScanData, obj: np.n
         written.append(f"{stem}.product.h5")
     if "cxi" in formats:
         check_formats(["cxi"], scan)
-        io.write_cxi(out / f"{stem}.cxi", scan.replace(probe=probe, positions_px=positions_px),
-                     image=obj, metadata=metadata)
+        # the object fixes the frame (refined positions would otherwise define another one);
+        # stored as the guess, a reader of the CXI can start from it
+        framed = scan.replace(probe=probe, positions_px=positions_px,
+                              **({} if scan.object_true is not None else {"object_guess": obj}))
+        io.write_cxi(out / f"{stem}.cxi", framed, image=obj, metadata=metadata)
         written.append(f"{stem}.cxi")
     if "tiff" in formats:
         mask = np.asarray(covered, dtype=bool)
