@@ -140,17 +140,18 @@ def _formats(args: argparse.Namespace, scan: Any) -> tuple[str, ...]:
 
 
 def _provenance(out_dir: Path, cfg: Any) -> dict[str, Any]:
-    """Record the run's provenance: one line in the log (console and file), the full record
-    (with the resolved config) in the log file only; return it for the outputs' metadata."""
+    """Record the run's provenance in ``OUT/ptypinn.log`` (only there: the console stays
+    short, and a bad-input error stays one line): one readable line, then the full record with
+    the resolved config as JSON.  Return it for the outputs' metadata."""
     from ptypinn.provenance import provenance_line, run_provenance
 
     prov = run_provenance(cfg)
-    log.info("provenance: %s", provenance_line(prov))
     out_dir.mkdir(parents=True, exist_ok=True)
     fh = logging.FileHandler(out_dir / "ptypinn.log")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    fh.handle(logging.LogRecord(log.name, logging.INFO, __file__, 0, "provenance (full): %s",
-                                (json.dumps(prov, default=str),), None))
+    for msg, arg in (("provenance: %s", provenance_line(prov)),
+                     ("provenance (full): %s", json.dumps(prov, default=str))):
+        fh.handle(logging.LogRecord(log.name, logging.INFO, __file__, 0, msg, (arg,), None))
     fh.close()
     return prov
 
