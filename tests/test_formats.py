@@ -271,8 +271,8 @@ def test_redirected_output_has_no_progress_fragments(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "stdout", "wb") as so, open(tmp_path / "stderr", "wb") as se:
         proc = subprocess.run([sys.executable, "-m", "ptypinn.cli", "demo", "--quick", "-o",
-                               str(tmp_path / "demo"), "--set", "train.progress_bar=true"], stdout=so, stderr=se, env=env,
-                              timeout=600)
+                               str(tmp_path / "demo"), "--set", "train.progress_bar=true"],
+                              stdout=so, stderr=se, env=env, timeout=600)
     out = (tmp_path / "stdout").read_bytes() + (tmp_path / "stderr").read_bytes()
     assert proc.returncode == 0, out[-2000:]
     assert b"\r" not in out

@@ -285,7 +285,8 @@ class TrainConfig:
     tensorboard : bool
         Also log to TensorBoard.
     progress_bar : bool
-        Show Lightning's progress bar.
+        Show Lightning's progress bar (the command line turns it off when its output does not
+        go to a terminal).
     """
 
     epochs: int = 30

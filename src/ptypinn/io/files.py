@@ -194,7 +194,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
 
 
-def write_tiff(path: str | os.PathLike, image: np.ndarray, metadata: Mapping[str, Any] | None = None,
+def write_tiff(path: str | os.PathLike, image: np.ndarray,
+               metadata: Mapping[str, Any] | None = None,
                pixel_size_m: float | None = None) -> None:
     """Write a 2-D real image as a 32-bit float TIFF (tifffile), atomically.
 

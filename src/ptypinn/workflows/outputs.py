@@ -29,8 +29,9 @@ from ptypinn.physics import data_nll
 from ptypinn.pinn.infer import Reconstruction
 from ptypinn.refinement import RefineResult
 
-__all__ = ["OUTPUT_FORMATS", "parse_formats", "check_formats", "object_pixel_size_m", "file_metadata",
-           "write_result_files", "write_outputs", "refine_summary", "write_scan_with_preview"]
+__all__ = ["OUTPUT_FORMATS", "parse_formats", "check_formats", "object_pixel_size_m",
+           "file_metadata", "write_result_files", "write_outputs", "refine_summary",
+           "write_scan_with_preview"]
 
 OUTPUT_FORMATS: tuple[str, ...] = ("npz", "product", "cxi", "tiff")
 """Formats a reconstruction can be written in (``--format``; see the module docstring)."""
