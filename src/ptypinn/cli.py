@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 import warnings
@@ -135,6 +136,15 @@ def _guard_output(out: str | Path, inputs: Sequence[Any], existing_ok: bool = Fa
                            what=what)
 
 
+def _secondary_rank() -> bool:
+    """True in a DDP process other than global rank 0 (Lightning re-runs the command line in
+    each rank it launches; rank 0 made the output checks, and the run directory exists now)."""
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        if os.environ.get(var, "0").strip() not in ("", "0"):
+            return True
+    return False
+
+
 def _config_inputs(args: argparse.Namespace, cfg: Any) -> list[Any]:
     """The files a command's config makes it read (the config itself, probe and image files)."""
     sim = cfg.simulation
@@ -230,15 +240,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("train: expected one config, got both a positional one and --config")
         log.warning("'ptypinn train CONFIG' is deprecated; use 'ptypinn train --config CONFIG'")
         args.config = args.config_positional
-    from ptypinn.pinn.train import check_training
-
     cfg = _config(args)
     if args.resume and args.overwrite:
         raise ValueError("train: expected --resume or --overwrite, got both")
     out = _guard_output(args.output, [args.train, *_config_inputs(args, cfg)],
-                        existing_ok=args.resume or args.overwrite, hint=_EXISTING_RUN)
+                        existing_ok=args.resume or args.overwrite or _secondary_rank(),
+                        hint=_EXISTING_RUN)
     scan = _read_scan(args.train, args.measurement)
-    check_training(cfg, scan, out, resume=args.resume)
+    ptypinn.check_training(cfg, scan, out, resume=args.resume)
     _log_to_file(out)
     if not args.resume:  # a resume rewrites the config only once it succeeded
         _write_config(out, cfg)
@@ -290,14 +299,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from ptypinn.workflows.outputs import write_outputs
 
-    from ptypinn.pinn.train import check_training
-
     cfg = _with_refine_flags(_config(args), args)
     out = _guard_output(args.output, [args.scan, *_config_inputs(args, cfg)],
-                        existing_ok=args.overwrite)
+                        existing_ok=args.overwrite or _secondary_rank())
     _check_devices(cfg, ("infer", "refine"))
     scan = ptypinn.calibrate_probe(_read_scan(args.scan, args.measurement))
-    check_training(cfg, scan, out / "run")
+    ptypinn.check_training(cfg, scan, out / "run")
     _log_to_file(out)
     _write_config(out, cfg)
     t0 = time.perf_counter()

@@ -309,7 +309,7 @@ def npy_header(fh: Any, where: str) -> tuple[tuple[int, ...], np.dtype]:
     except (ValueError, OSError, EOFError, SyntaxError) as e:
         raise ValueError(f"{where}: not a valid NPY array header ({e})") from None
     if dtype.hasobject:
-        raise ValueError(f"{where}: holds pickled Python objects; refusing to load them "
+        raise ValueError(f"{where} holds pickled Python objects; refusing to load them "
                          "(allow_pickle=False)")
     return tuple(int(n) for n in shape), dtype
 
@@ -480,6 +480,10 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+"""File name endings :func:`read_image` accepts."""
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a PNG/JPEG/TIFF image as a float64 grayscale array in [0, 1]."""
     from skimage import color, io as skio
@@ -487,6 +491,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: not an image file (expected one of "
+                         f"{', '.join(IMAGE_SUFFIXES)})")
     try:
         img = np.asarray(skio.imread(str(path)), dtype=np.float64)
     except Exception as e:  # imageio/tifffile/PIL raise many types on a non-image

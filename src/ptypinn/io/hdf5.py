@@ -305,8 +305,8 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
         counts = _read(f, data_path, path)
         if counts.ndim == 4:  # raster (ny, nx, H, W)
             counts = counts.reshape(-1, *counts.shape[-2:])
-        if counts.ndim != 3:
-            _fail(path, data_path, "frames (n, H, W)", counts.shape)
+        if counts.ndim != 3 or counts.shape[0] == 0:
+            _fail(path, data_path, "frames (n, H, W) with n >= 1", counts.shape)
         n, h, w = counts.shape
 
         trans_path = _first(f, CXI_TRANSLATION)
