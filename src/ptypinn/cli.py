@@ -175,8 +175,8 @@ def _check_simulation_size(sim: Any) -> None:
     n = sim.probe_size_px
     side = max(sim.object_size_px - n, 0) / max(sim.effective_step_px, 1e-9) + 1
     n_pos = sim.n_random_positions if sim.scan_kind == "random" else side**2
-    # counts (float32) and their float64 intermediates, and a handful of complex object canvases
-    n_bytes = 2 * n_pos * n * n * 12.0 + 8 * float(sim.object_size_px) ** 2 * 16
+    # counts (float32) with their float64 intermediate, and a handful of complex object canvases
+    n_bytes = n_pos * n * n * 12.0 + 8 * float(sim.object_size_px) ** 2 * 16
     io.check_memory(n_bytes, f"simulation.object_size_px={sim.object_size_px}, "
                     f"probe_size_px={n}, step {sim.effective_step_px:g} px ({n_pos:.3g} patterns)")
 

@@ -135,11 +135,9 @@ def _refuse_foreign(f: h5py.File, path: Path) -> None:
                 obj = group[name]
             except (KeyError, OSError) as e:
                 raise ValueError(f"{path}: {where}: unreadable object ({e})") from None
-            key = (obj.id.fileno, h5py.h5o.get_info(obj.id).token if hasattr(
-                h5py.h5o.get_info(obj.id), "token") else h5py.h5o.get_info(obj.id).addr)
-            if key in seen:
+            if obj.id in seen:  # an object reached by several hard links (or a cycle)
                 continue
-            seen.add(key)
+            seen.add(obj.id)
             if isinstance(obj, h5py.Dataset):
                 if obj.is_virtual:
                     srcs = obj.virtual_sources()
