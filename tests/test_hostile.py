@@ -798,3 +798,13 @@ def test_study_json_not_an_object(tmp_path, capsys):
     (study / "study.json").write_text("[]")
     refused(capsys, ["study", tmp_path / "unused.yaml", "-o", study, "--report-only"],
             "study.json")
+
+
+def test_internal_error_is_one_line_exit_1(good, capsys, monkeypatch):
+    import ptypinn.workflows.describe as describe
+
+    def broken(*a, **k):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(describe, "describe_path", broken)
+    refused(capsys, ["info", good / "scan.npz"], "internal error", "TypeError", "-v", code=1)

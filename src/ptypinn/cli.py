@@ -485,6 +485,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ptypinn: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not bad input: one line too, the traceback with -v
+        if args.verbose:
+            raise
+        print(f"ptypinn {args.command}: internal error: {type(e).__name__}: "
+              f"{_error_line(e)} (please report it; -v shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

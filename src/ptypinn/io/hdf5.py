@@ -729,7 +729,11 @@ def read_tike_siemens_npz_bz2(path: str | os.PathLike) -> ScanData:
         _fail(path, "data", "(1, n, N, N) frames", data.shape)
     counts = np.fft.fftshift(data.reshape(-1, *data.shape[-2:]), axes=(-2, -1))
     n, n_px = counts.shape[0], counts.shape[-1]
-    corners = np.asarray(arrays["scan"], dtype=np.float64).reshape(-1, 2)
+    try:
+        corners = np.asarray(arrays["scan"], dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        _fail(path, "scan", "(1, n, 2) real positions", f"{arrays['scan'].dtype}"
+              f"{arrays['scan'].shape}")
     if corners.shape[0] != n:
         _fail(path, "scan", f"{n} positions (one per frame), (1, n, 2)", arrays["scan"].shape)
     pos = corners + n_px / 2

@@ -6,8 +6,8 @@ TensorBoard metrics, checkpoints (written atomically by Lightning through an fss
 that stops with a clear message on a NaN/Inf loss or one above ``DIVERGENCE_FACTOR`` times the
 first step's (the last good ``last.ckpt`` stays), checks of every input and of the resumed
 checkpoint before anything is written (:func:`check_training`), a metrics history that a resume
-appends to, keeping the best validation weights in memory,
-a check that DDP ranks end with identical weights, and the bundle: returned in memory
+appends to, keeping the best validation weights in memory, a check that DDP ranks end with
+identical weights, and the bundle: returned in memory
 (:attr:`TrainResult.bundle`, ready for :func:`ptypinn.pinn.infer.reconstruct`) and written to
 ``out_dir/bundle``.
 """
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ptypinn import physics
+from ptypinn import io, physics
 from ptypinn.config import Config
 from ptypinn.data import ScanData
 from ptypinn.grouping import Groups, group_patterns
@@ -193,8 +193,6 @@ def _check_devices(cfg: Config) -> None:
 def _check_checkpoint(path: Path, lit: LitPtycho) -> None:
     """Refuse a checkpoint that is unreadable, truncated, holds arbitrary pickled objects or
     weights of another shape than this run's model, before Lightning restores it."""
-    from ptypinn import io
-
     ckpt = io.read_checkpoint(path)
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
@@ -260,8 +258,6 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
     """
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    from ptypinn import io
 
     out_dir = Path(out_dir)
     with_truth = cfg.model.kind == "baseline"
