@@ -808,3 +808,49 @@ def test_internal_error_is_one_line_exit_1(good, capsys, monkeypatch):
 
     monkeypatch.setattr(describe, "describe_path", broken)
     refused(capsys, ["info", good / "scan.npz"], "internal error", "TypeError", "-v", code=1)
+
+
+def test_study_cell_linking_outside(tmp_path, capsys):
+    secret = tmp_path / "secret"
+    (secret / "compare").mkdir(parents=True)
+    (secret / "done.json").write_text("{}")
+    study = tmp_path / "study"
+    (study / "cells").mkdir(parents=True)
+    (study / "cells" / "dose_1e06_s0").symlink_to(secret, target_is_directory=True)
+    (study / "study.yaml").write_text("study:\n  kind: dose\n  values: [1.0e6]\n")
+    (study / "study.json").write_text(json.dumps({"cells": ["dose_1e06_s0"]}))
+    refused(capsys, ["study", tmp_path / "unused.yaml", "-o", study, "--report-only"],
+            "dose_1e06_s0", "outside")
+
+
+# ------------------------------------------------------------------------------------------------
+# the bzip2-compressed tike scan
+
+
+def _bz2_npz(path: Path, **arrays):
+    import bz2
+
+    buf = stdio.BytesIO()
+    np.savez(buf, **arrays)
+    path.write_bytes(bz2.compress(buf.getvalue()))
+
+
+TIKE_CASES = {
+    "not_bzip2": (lambda p: p.write_bytes(b"BZh9" + os.urandom(64)), "bzip2"),
+    "missing_probe": (lambda p: _bz2_npz(p, data=np.ones((1, 4, 8, 8)),
+                                         scan=np.zeros((1, 4, 2))), "probe"),
+    "pickled": (lambda p: _bz2_npz(p, data=np.array([{}], dtype=object),
+                                   scan=np.zeros((1, 4, 2)), probe=np.ones((8, 8))), "NPZ"),
+    "scan_odd": (lambda p: _bz2_npz(p, data=np.ones((1, 4, 8, 8)), scan=np.zeros(7),
+                                    probe=np.ones((8, 8))), "scan"),
+    "scan_identical": (lambda p: _bz2_npz(p, data=np.ones((1, 4, 8, 8)),
+                                          scan=np.zeros((1, 4, 2)), probe=np.ones((8, 8))),
+                       "identical"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TIKE_CASES))
+def test_bad_tike_scan(case, tmp_path, capsys):
+    bad = tmp_path / f"{case}.npz.bz2"
+    TIKE_CASES[case][0](bad)
+    refused(capsys, ["info", bad], bad.name, TIKE_CASES[case][1])
