@@ -42,6 +42,7 @@ _API = {
     "load_bundle": "ptypinn.pinn.bundle",
     "save_bundle": "ptypinn.pinn.bundle",
     "train_model": "ptypinn.pinn.train",
+    "check_training": "ptypinn.pinn.train",
     "TrainResult": "ptypinn.pinn.train",
     "TrainingDiverged": "ptypinn.pinn",
     "reconstruct": "ptypinn.pinn.infer",
@@ -82,7 +83,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
     from ptypinn.pinn.bundle import Bundle, load_bundle, save_bundle
     from ptypinn.pinn.infer import Reconstruction, reconstruct
     from ptypinn.workflows.outputs import write_outputs
-    from ptypinn.pinn.train import TrainResult, train_model
+    from ptypinn.pinn.train import TrainResult, check_training, train_model
     from ptypinn.simulate import simulate_scan, simulate_train_test
     from ptypinn.workflows.compare import compare, run_arms
     from ptypinn.workflows.studies import run_study

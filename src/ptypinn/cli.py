@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -168,6 +169,82 @@ def _quiet_training(cfg: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------
+# refusing bad outputs, devices and sizes before any work is done
+
+
+_EXISTING_RUN = "pass --resume to continue it or --overwrite to replace it"
+
+
+def _guard_output(out: str | Path, inputs: Sequence[Any], existing_ok: bool = False,
+                  hint: str = "pass --overwrite to replace it", what: str = "-o") -> Path:
+    """Refuse (before any work) an output that is or contains an input, that exists already
+    (unless ``existing_ok``) or cannot be written; see :func:`ptypinn.io.check_output`."""
+    from ptypinn import io
+
+    return io.check_output(out, [i for i in inputs if i], existing_ok=existing_ok, hint=hint,
+                           what=what)
+
+
+def _secondary_rank() -> bool:
+    """True in a DDP process other than global rank 0 (Lightning re-runs the command line in
+    each rank it launches; rank 0 made the output checks, and the run directory exists now)."""
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        if os.environ.get(var, "0").strip() not in ("", "0"):
+            return True
+    return False
+
+
+def _config_inputs(args: argparse.Namespace, cfg: Any) -> list[Any]:
+    """The files a command's config makes it read (the config itself, probe and image files)."""
+    sim = cfg.simulation
+    return [getattr(args, "config", None),
+            sim.probe_file if sim.probe_kind == "file" else None,
+            sim.image_path if sim.object_kind == "image" else None]
+
+
+def _check_devices(cfg: Any, sections: Sequence[str]) -> None:
+    """Refuse a ``cuda`` device of ``sections`` (``infer``, ``refine``, ``iterative``) that this
+    machine does not have, before any work."""
+    wanted = [(s, getattr(cfg, s).device) for s in sections]
+    if not any(d.startswith("cuda") for _, d in wanted):
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for section, d in wanted:
+        if d.startswith("cuda") and (int(d[5:]) if d[5:] else 0) >= have:
+            raise ValueError(f"{section}.device: expected an available device, got {d!r} "
+                             f"({have} CUDA device(s) available)")
+
+
+def _check_simulation_size(sim: Any) -> None:
+    """Refuse a simulation whose arrays would not fit in memory, before allocating them."""
+    from ptypinn import io
+
+    n = sim.probe_size_px
+    side = max(sim.object_size_px - n, 0) / max(sim.effective_step_px, 1e-9) + 1
+    n_pos = sim.n_random_positions if sim.scan_kind == "random" else side**2
+    # counts (float32) with their float64 intermediate, and a handful of complex object canvases
+    n_bytes = n_pos * n * n * 12.0 + 8 * float(sim.object_size_px) ** 2 * 16
+    io.check_memory(n_bytes, f"simulation.object_size_px={sim.object_size_px}, "
+                    f"probe_size_px={n}, step {sim.effective_step_px:g} px ({n_pos:.3g} patterns)")
+
+
+def _error_line(e: BaseException) -> str:
+    """One line for a user error (the first line of its message)."""
+    if isinstance(e, OSError) and not str(e).startswith("["):
+        text = str(e)
+    elif isinstance(e, OSError):
+        text = (f"{e.filename}: {e.strerror}" if e.filename else (e.strerror or str(e)))
+    elif isinstance(e, MemoryError):
+        text = f"out of memory ({e})" if str(e) else "out of memory"
+    else:
+        text = str(e)
+    text = text.strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ------------------------------------------------------------------------------------------------
 # commands
 
 
@@ -179,7 +256,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix != ".npz":
         raise ValueError(f"-o: expected a .npz file name, got {out}")
+    test_out = Path(args.test_output) if args.test_output else None
+    if test_out is not None and test_out.resolve() == out.resolve():
+        raise ValueError(f"--test-output {test_out}: the same file as -o")
+    inputs = _config_inputs(args, cfg)
+    for o, what in ((out, "-o"), (test_out, "--test-output")):
+        if o is not None:
+            for path in (o, o.with_suffix(".png")):
+                _guard_output(path, inputs, existing_ok=args.overwrite, what=what)
+    _guard_output(out.parent / (out.stem + ".config.yaml"), inputs, existing_ok=args.overwrite)
     sim = cfg.simulation
+    _check_simulation_size(sim)
     probe_file = io.read_probe(sim.probe_file) if sim.probe_kind == "file" else None
     image = io.read_image(sim.image_path) if sim.object_kind == "image" else None
     if args.test_output:
@@ -203,14 +290,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.warning("'ptypinn train CONFIG' is deprecated; use 'ptypinn train --config CONFIG'")
         args.config = args.config_positional
     cfg = _quiet_training(_config(args))
+    if args.resume and args.overwrite:
+        raise ValueError("train: expected --resume or --overwrite, got both")
+    out = _guard_output(args.output, [args.train, *_config_inputs(args, cfg)],
+                        existing_ok=args.resume or args.overwrite or _secondary_rank(),
+                        hint=_EXISTING_RUN)
     scan = _read_scan(args.train, args.measurement)
-    out = Path(args.output)
+    ptypinn.check_training(cfg, scan, out, resume=args.resume)
     _log_to_file(out)
-    _write_config(out, cfg)
     from ptypinn import io
 
-    io.write_json(out / "provenance.json", _provenance(out, cfg))
+    prov = _provenance(out, cfg)
+    if not args.resume:  # a resume rewrites config and provenance only once it succeeded
+        _write_config(out, cfg)
+        io.write_json(out / "provenance.json", prov)
     res = ptypinn.train_model(cfg, scan, out, resume=args.resume)
+    if args.resume:
+        _write_config(out, cfg)
+        io.write_json(out / "provenance.json", prov)
     if res.is_global_zero:
         log.info("trained %d epochs in %.1f s (%.1f samples/s); bundle: %s", res.epochs_run,
                  res.fit_time_s, res.samples_per_s, res.bundle_dir)
@@ -240,10 +337,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from ptypinn.workflows.outputs import write_outputs
 
     cfg = _with_refine_flags(_config(args), args)
+    out = _guard_output(args.output, [args.run, args.scan, *_config_inputs(args, cfg)],
+                        existing_ok=args.overwrite)
+    _check_devices(cfg, ("infer", "refine"))
     bundle = ptypinn.load_bundle(args.run)
     scan = _read_scan(args.scan, args.measurement)
     formats = _formats(args, scan)
-    out = Path(args.output)
     recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress())
     refined = _refine_pinn(recon, scan, cfg)
     _log_to_file(out)
@@ -258,9 +357,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from ptypinn.workflows.outputs import write_outputs
 
     cfg = _quiet_training(_with_refine_flags(_config(args), args))
+    out = _guard_output(args.output, [args.scan, *_config_inputs(args, cfg)],
+                        existing_ok=args.overwrite or _secondary_rank())
+    _check_devices(cfg, ("infer", "refine"))
     scan = ptypinn.calibrate_probe(_read_scan(args.scan, args.measurement))
     formats = _formats(args, scan)
-    out = Path(args.output)
+    ptypinn.check_training(cfg, scan, out / "run")
     _log_to_file(out)
     _write_config(out, cfg)
     prov = _provenance(out, cfg)
@@ -283,9 +385,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = _with_refine_flags(cfg, args)
     engines = list(dict.fromkeys(args.ptychi or []))
     ptychi = [dataclasses.replace(cfg.iterative, algorithm=e) for e in engines] or None
+    out = _guard_output(args.output, [args.scan, args.pinn, args.baseline,
+                                      *_config_inputs(args, cfg)], existing_ok=args.overwrite)
+    _check_devices(cfg, ("infer", "refine") + (("iterative",) if ptychi else ()))
     scan = _read_scan(args.scan, args.measurement)
     formats = _formats(args, scan)
-    out = Path(args.output)
     arms = run_arms(scan, pinn=args.pinn, baseline=args.baseline, ptychi=ptychi,
                     infer_cfg=cfg.infer, refine=cfg.refine if cfg.refine.epochs > 0 else None,
                     progress=_progress())
@@ -300,7 +404,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     from ptypinn.workflows.studies import run_study
     from ptypinn.workflows.study_results import write_report
 
-    out = Path(args.output)
+    # re-running a study resumes it: an existing study directory is expected
+    out = _guard_output(args.output, [] if args.report_only else [args.config],
+                        existing_ok=True)
     _log_to_file(out)
     _provenance(out, None)
     # train.progress_bar is left as configured: it is part of each cell's resume key
@@ -314,7 +420,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ptypinn.workflows.demo import run_demo
 
-    out = Path(args.output)
+    out = _guard_output(args.output, [], existing_ok=True)  # the demo's own directory
     _log_to_file(out)
     _provenance(out, None)
     overrides = list(args.set) + ([] if _progress() else ["train.progress_bar=false"])
@@ -365,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(s, config_positional=True)
     s.add_argument("-o", "--output", required=True, help="output scan .npz (+ .png preview)")
     s.add_argument("--test-output", help="also write a test scan of a different object here")
+    s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.set_defaults(func=cmd_simulate)
 
     measurement = dict(choices=["amplitude", "counts"], default=None,
@@ -376,7 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deprecated: use --config")
     t.add_argument("--train", required=True, help="training scan file")
     t.add_argument("-o", "--output", required=True, help="run directory")
-    t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
+    t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt "
+                   "(metrics.csv keeps its rows)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="train afresh into an existing run directory, replacing its bundle")
     t.add_argument("--measurement", **measurement)
     t.set_defaults(func=cmd_train)
 
@@ -385,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(i, config_positional=False)
     i.add_argument("--scan", required=True, help="scan file to reconstruct")
     i.add_argument("-o", "--output", required=True, help="output directory")
+    i.add_argument("--overwrite", action="store_true",
+                   help="write into an existing output directory, replacing its files")
     i.add_argument("--measurement", **measurement)
     _add_refine(i)
     _add_format(i)
@@ -394,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("scan", help="scan file")
     _add_common(r, config_positional=False)
     r.add_argument("-o", "--output", required=True, help="output directory")
+    r.add_argument("--overwrite", action="store_true",
+                   help="write into an existing output directory, replacing its files")
     r.add_argument("--measurement", **measurement)
     _add_refine(r)
     _add_format(r)
@@ -414,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let pty-chi refine the probe (measured scans); default: "
                    "iterative.optimize_probe (false)")
     c.add_argument("-o", "--output", required=True, help="output directory")
+    c.add_argument("--overwrite", action="store_true",
+                   help="write into an existing output directory, replacing its files")
     c.add_argument("--measurement", **measurement)
     _add_refine(c)
     _add_format(c, "every arm's reconstruction (under OUTPUT/arms/; npz is always written)")
@@ -451,13 +567,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ptypinn.TrainingDiverged as e:  # light: resolving it does not import Lightning
         print(f"ptypinn: training diverged: {e}", file=sys.stderr)
         return EXIT_DIVERGED
-    except (ValueError, FileNotFoundError, IsADirectoryError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"ptypinn {args.command}: error: {msg}", file=sys.stderr)
+    except (ValueError, OSError, MemoryError) as e:
+        # bad input (ConfigError is a ValueError), unreadable or unwritable files, full disks,
+        # sizes beyond the machine: one line naming the file or key, no traceback
+        if args.verbose:
+            log.debug("traceback of the error below", exc_info=True)
+        print(f"ptypinn {args.command}: error: {_error_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("ptypinn: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not bad input: one line too, the traceback with -v
+        if args.verbose:
+            raise
+        print(f"ptypinn {args.command}: internal error: {type(e).__name__}: "
+              f"{_error_line(e)} (please report it; -v shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

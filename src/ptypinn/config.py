@@ -73,6 +73,11 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_device(d: Any) -> bool:
+    return isinstance(d, str) and (d in ("auto", "cpu", "cuda")
+                                   or (d.startswith("cuda:") and d[5:].isdigit()))
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """Synthetic scan: object, probe, scan pattern and dose (``simulation`` section).
@@ -267,7 +272,7 @@ class TrainConfig:
     val_fraction : float
         Fraction of groups (a spatial slab) held out for validation, in [0, 1).
     early_stopping_patience : int or None
-        Stop after this many epochs without a better validation loss; None: off.
+        Stop after this many epochs without a better validation loss, ``>= 0``; None or 0: off.
     seed : int
         Seed of weights, shuffling and Lightning.
     accelerator : {"auto", "cpu", "gpu"}
@@ -281,7 +286,7 @@ class TrainConfig:
     precision : {"32", "bf16-mixed", "16-mixed"}
         Lightning numerical precision of training.
     max_time_s : float or None
-        Wall-time cap of the fit (s); None: no cap.
+        Wall-time cap of the fit (s), ``> 0``; None: no cap.
     tensorboard : bool
         Also log to TensorBoard.
     progress_bar : bool
@@ -313,6 +318,12 @@ class TrainConfig:
         require(0 <= self.val_fraction < 1, f"{s}.val_fraction", "in [0, 1)", self.val_fraction)
         require(self.devices >= 1, f"{s}.devices", ">= 1", self.devices)
         require(self.num_nodes >= 1, f"{s}.num_nodes", ">= 1", self.num_nodes)
+        require(self.early_stopping_patience is None or self.early_stopping_patience >= 0,
+                f"{s}.early_stopping_patience", "None (off) or an integer >= 0",
+                self.early_stopping_patience)
+        require(self.max_time_s is None or (math.isfinite(self.max_time_s)
+                                            and self.max_time_s > 0),
+                f"{s}.max_time_s", "None (no cap) or a finite number > 0", self.max_time_s)
 
 
 @dataclass(frozen=True)
@@ -351,6 +362,8 @@ class InferConfig:
                 "infer.phase_sync_reg", "None or >= 0", self.phase_sync_reg)
         require(self.crop_px is None or self.crop_px >= 1, "infer.crop_px", "None or >= 1",
                 self.crop_px)
+        require(_is_device(self.device), "infer.device", "'auto', 'cpu', 'cuda' or 'cuda:k'",
+                self.device)
 
 
 @dataclass(frozen=True)
@@ -502,10 +515,8 @@ class RefineConfig:
         for name in ("refine_probe", "refine_positions"):
             v = getattr(self, name)
             require(isinstance(v, bool), f"{s}.{name}", "true/false", v)
-        d = self.device
-        require(isinstance(d, str) and (d in ("auto", "cpu", "cuda") or
-                                        (d.startswith("cuda:") and d[5:].isdigit())),
-                f"{s}.device", "'auto', 'cpu', 'cuda' or 'cuda:k'", d)
+        require(_is_device(self.device), f"{s}.device", "'auto', 'cpu', 'cuda' or 'cuda:k'",
+                self.device)
         require(_is_int(self.seed) and self.seed >= 0, f"{s}.seed", "an integer >= 0", self.seed)
 
 

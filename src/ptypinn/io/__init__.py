@@ -12,7 +12,19 @@ ptypinn.
 """
 
 from ptypinn.io.files import (
+    TMP_PREFIX,
+    WriteError,
     atomic_path,
+    available_memory_bytes,
+    check_memory,
+    check_output,
+    clean_orphans,
+    json_object,
+    load_npy,
+    read_json_object,
+    append_csv_history,
+    read_checkpoint,
+    read_text,
     json_default,
     load_config,
     load_npz,
@@ -50,6 +62,9 @@ from ptypinn.io.scans import (
 )
 
 __all__ = [
+    "TMP_PREFIX", "WriteError", "available_memory_bytes", "check_memory", "check_output",
+    "clean_orphans", "json_object", "load_npy", "read_json_object",
+    "append_csv_history", "read_checkpoint", "read_text",
     "atomic_path", "json_default", "load_config", "load_npz", "read_bytes", "read_image", "read_json",
     "read_safetensors", "read_yaml", "save_npz", "write_bytes", "write_json", "write_safetensors",
     "write_text", "write_yaml", "read_tiff", "write_tiff",

@@ -2,7 +2,10 @@
 
 Part of the io layer (with :mod:`ptypinn.io`, the only modules that touch files).  Every writer
 is atomic (:func:`ptypinn.io.files.atomic_path`).  Every error on bad input is a one-line
-``ValueError`` that names the file and the HDF5 dataset path (or NPZ key) at fault.  The full
+``ValueError`` that names the file and the HDF5 dataset path (or NPZ key) at fault.  Every
+reader opens files through one check (:func:`open_hdf5`) that refuses anything reading data from
+outside the file: external links, virtual datasets (VDS) and datasets with external raw
+storage.  Dataset sizes are checked against the available memory before they are read.  The full
 description of the layouts and conventions is in ``docs/formats.md``.
 
 CXI (NeXus/HDF5, cxidb.org) -- :func:`read_cxi`, :func:`write_cxi`
@@ -49,7 +52,8 @@ import numpy as np
 from scipy import constants
 
 from ptypinn.data import ScanData, frame_shift_px, window_outside
-from ptypinn.io.files import atomic_path, json_default
+from ptypinn.io.files import (atomic_path, available_memory_bytes, check_memory, json_default,
+                               json_object)
 
 __all__ = [
     "Product",
@@ -60,6 +64,7 @@ __all__ = [
     "read_tike_siemens_npz_bz2",
     "describe_hdf5",
     "detect_hdf5_kind",
+    "open_hdf5",
     "wavelength_m",
 ]
 
@@ -110,30 +115,124 @@ def wavelength_m(photon_energy_eV: float) -> float:
 # helpers
 
 
-def _open_h5(path: str | os.PathLike) -> h5py.File:
+def _refuse_foreign(f: h5py.File, path: Path) -> None:
+    """Raise ``ValueError`` at the first link, virtual dataset or external storage that would
+    make a read leave ``path`` (soft links name paths inside the file, whose targets are checked
+    where they live)."""
+    seen: set[Any] = set()
+
+    def walk(group: h5py.Group, prefix: str) -> None:
+        for name in group:
+            where = f"{prefix}/{name}"
+            try:
+                link = group.get(name, getlink=True)
+            except (KeyError, OSError, TypeError) as e:
+                raise ValueError(f"{path}: {where}: unreadable link ({e})") from None
+            if isinstance(link, h5py.ExternalLink):
+                raise ValueError(f"{path}: {where}: external link to {link.filename}:{link.path};"
+                                 " refusing to read data outside the input file")
+            if isinstance(link, h5py.SoftLink):
+                continue
+            if not isinstance(link, h5py.HardLink):
+                raise ValueError(f"{path}: {where}: user-defined link; refusing to follow it")
+            try:
+                obj = group[name]
+            except (KeyError, OSError) as e:
+                raise ValueError(f"{path}: {where}: unreadable object ({e})") from None
+            if obj.id in seen:  # an object reached by several hard links (or a cycle)
+                continue
+            seen.add(obj.id)
+            if isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    srcs = obj.virtual_sources()
+                    first = f" (from {srcs[0].file_name}:{srcs[0].dset_name})" if srcs else ""
+                    raise ValueError(f"{path}: {where}: virtual dataset{first}; refusing to "
+                                     "read data outside the input file")
+                if obj.external:
+                    raise ValueError(f"{path}: {where}: external raw storage in "
+                                     f"{obj.external[0][0]!r}; refusing to read data outside "
+                                     "the input file")
+            elif isinstance(obj, h5py.Group):
+                walk(obj, where)
+
+    walk(f, "")
+
+
+def open_hdf5(path: str | os.PathLike) -> h5py.File:
+    """Open an HDF5 file for reading, after refusing external links, virtual datasets and
+    external raw storage anywhere in it (``ValueError`` naming the file and the object)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as e:
         raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
+    try:
+        _refuse_foreign(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+_open_h5 = open_hdf5
+
+
+def _dataset(f: h5py.File, p: str, path: Path) -> h5py.Dataset:
+    """The dataset at ``p``; ``ValueError`` naming it when it is a group or something else."""
+    obj = f[p]
+    if not isinstance(obj, h5py.Dataset):
+        raise ValueError(f"{path}: {p}: expected a dataset, got a "
+                         f"{'group' if isinstance(obj, h5py.Group) else type(obj).__name__}")
+    return obj
+
+
+def _read(f: h5py.File, p: str, path: Path, dtype: Any = None, array: bool = True
+          ) -> np.ndarray:
+    """Read dataset ``p`` (size checked against the available memory first).
+
+    ``array``: refuse a scalar dataset.  ``dtype``: convert, with a one-line error naming ``p``
+    when the stored values cannot be.
+    """
+    d = _dataset(f, p, path)
+    if array and d.shape is not None and len(d.shape) == 0:
+        raise ValueError(f"{path}: {p}: expected an array, got a scalar dataset")
+    if d.shape is None:
+        raise ValueError(f"{path}: {p}: expected values, got an empty (null) dataset")
+    check_memory(float(math.prod(d.shape)) * d.dtype.itemsize, f"{path}: {p}")
+    try:
+        a = d[()]
+        return np.asarray(a) if dtype is None else np.asarray(a, dtype=dtype)
+    except (TypeError, ValueError, OSError) as e:
+        raise ValueError(f"{path}: {p}: unreadable values ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def _first(f: h5py.File, paths: tuple[str, ...]) -> str | None:
     for p in paths:
-        if p in f and isinstance(f[p], h5py.Dataset):
-            return p
+        if p in f:
+            if isinstance(f[p], h5py.Dataset):
+                return p
+            raise ValueError(f"{f.filename}: {p}: expected a dataset, got a group")
     return None
 
 
 def _scalar(f: h5py.File, p: str) -> float | None:
     if p not in f:
         return None
-    a = np.asarray(f[p][()], dtype=np.float64).reshape(-1)
+    a = _read(f, p, Path(f.filename), dtype=np.float64, array=False).reshape(-1)
     if a.size == 0:
         return None
     return float(a[0])
+
+
+def _attr_float(obj: Any, k: str, path: Path, where: str) -> float:
+    try:
+        return float(np.asarray(obj.attrs[k], dtype=np.float64).reshape(-1)[0])
+    except (TypeError, ValueError, IndexError, OSError):
+        raise ValueError(f"{path}: {where}@{k}: expected a number, got "
+                         f"{obj.attrs[k]!r}") from None
 
 
 def _attr_str(v: Any) -> str:
@@ -205,11 +304,11 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
         if data_path is None:
             raise ValueError(f"{path}: not a CXI ptychography file: no dataset at "
                              f"{CXI_DATA[0]} or {CXI_DATA[1]}")
-        counts = np.asarray(f[data_path][()])
+        counts = _read(f, data_path, path)
         if counts.ndim == 4:  # raster (ny, nx, H, W)
             counts = counts.reshape(-1, *counts.shape[-2:])
-        if counts.ndim != 3:
-            _fail(path, data_path, "frames (n, H, W)", counts.shape)
+        if counts.ndim != 3 or counts.shape[0] == 0:
+            _fail(path, data_path, "frames (n, H, W) with n >= 1", counts.shape)
         n, h, w = counts.shape
 
         trans_path = _first(f, CXI_TRANSLATION)
@@ -217,7 +316,7 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
             raise ValueError(f"{path}: {CXI_TRANSLATION[0]}: missing (also looked at "
                              f"{CXI_TRANSLATION[1]}); CXI ptychography needs the sample "
                              "translations (n, 3) in metres")
-        t = np.asarray(f[trans_path][()], dtype=np.float64)
+        t = _read(f, trans_path, path, dtype=np.float64)
         t = t.reshape(-1, t.shape[-1]) if t.ndim >= 2 else t
         if t.ndim != 2 or t.shape[0] != n or t.shape[1] not in (2, 3):
             _fail(path, trans_path, f"shape ({n}, 3) (x, y, z per frame)", t.shape)
@@ -228,7 +327,7 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
         if probe_path is None:
             raise ValueError(f"{path}: {CXI_PROBE[0]}: missing (also looked at "
                              f"{', '.join(CXI_PROBE[1:])}); a probe estimate is required")
-        probe = np.asarray(f[probe_path][()])
+        probe = _read(f, probe_path, path)
         while probe.ndim > 3 and probe.shape[0] == 1:
             probe = probe[0]
         if probe.ndim not in (2, 3) or probe.shape[-2:] != (h, w):
@@ -237,7 +336,7 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
 
         bad = None
         if CXI_MASK in f:
-            mask = np.asarray(f[CXI_MASK][()])
+            mask = _read(f, CXI_MASK, path)
             if mask.shape != (h, w):
                 _fail(path, CXI_MASK, f"shape ({h}, {w})", mask.shape)
             bad = mask != 0
@@ -276,12 +375,21 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
 
         extras: dict[str, Any] = {}
         if CXI_PTYPINN in f:
+            if not isinstance(f[CXI_PTYPINN], h5py.Group):
+                raise ValueError(f"{path}: {CXI_PTYPINN}: expected a group, got a dataset")
             g = f[CXI_PTYPINN]
             for k in ("positions_origin_px", "object_true", "object_guess"):
                 if k in g:
-                    extras[k] = g[k][()]
+                    extras[k] = _read(f, f"{CXI_PTYPINN}/{k}", path)
             if "meta_json" in g:
-                extras["meta"] = json.loads(_attr_str(g["meta_json"][()]))
+                mj = f"{CXI_PTYPINN}/meta_json"
+                extras["meta"] = json_object(_attr_str(_read(f, mj, path, array=False)),
+                                             f"{path}: {mj}")
+            origin = extras.get("positions_origin_px")
+            if origin is not None and (np.shape(origin) != (2,) or not np.all(
+                    np.isfinite(np.asarray(origin, dtype=np.float64)))):
+                _fail(path, f"{CXI_PTYPINN}/positions_origin_px", "2 finite values",
+                      np.shape(origin))
         version = _scalar(f, CXI_VERSION)
 
     origin = extras.get("positions_origin_px")
@@ -524,11 +632,11 @@ def read_product(path: str | os.PathLike) -> Product:
         for p in (PRODUCT_X, PRODUCT_Y, PRODUCT_PROBE, PRODUCT_OBJECT):
             if p not in f:
                 raise ValueError(f"{path}: {p}: missing; not a ptychodus product file")
-        x_m = np.asarray(f[PRODUCT_X][()], dtype=np.float64).reshape(-1)
-        y_m = np.asarray(f[PRODUCT_Y][()], dtype=np.float64).reshape(-1)
+        x_m = _read(f, PRODUCT_X, path, dtype=np.float64).reshape(-1)
+        y_m = _read(f, PRODUCT_Y, path, dtype=np.float64).reshape(-1)
         if y_m.shape != x_m.shape:
             _fail(path, PRODUCT_Y, f"{x_m.size} values (as {PRODUCT_X})", y_m.size)
-        probe = np.asarray(f[PRODUCT_PROBE][()])
+        probe = _read(f, PRODUCT_PROBE, path)
         if probe.ndim == 4:
             if probe.shape[0] > 1:
                 log.warning("%s: %s has %d OPR/coherent modes; keeping the first", path,
@@ -537,8 +645,8 @@ def read_product(path: str | os.PathLike) -> Product:
         if probe.ndim not in (2, 3) or not np.iscomplexobj(probe):
             _fail(path, PRODUCT_PROBE, "complex (H, W), (modes, H, W) or (1, modes, H, W)",
                   f"{probe.dtype}{probe.shape}")
-        h5obj = f[PRODUCT_OBJECT]
-        obj = np.asarray(h5obj[()])
+        h5obj = _dataset(f, PRODUCT_OBJECT, path)
+        obj = _read(f, PRODUCT_OBJECT, path)
         if obj.ndim == 3:
             if obj.shape[0] != 1:
                 _fail(path, PRODUCT_OBJECT, "a single layer (multislice is not supported)",
@@ -550,20 +658,21 @@ def read_product(path: str | os.PathLike) -> Product:
         for k in ("pixel_width_m", "pixel_height_m", "center_x_m", "center_y_m"):
             if k not in h5obj.attrs:
                 raise ValueError(f"{path}: {PRODUCT_OBJECT}@{k}: missing attribute")
-            geo[k] = float(np.asarray(h5obj.attrs[k]).reshape(-1)[0])
+            geo[k] = _attr_float(h5obj, k, path, PRODUCT_OBJECT)
         for k in ("pixel_width_m", "pixel_height_m"):
             if not (math.isfinite(geo[k]) and geo[k] > 0):
                 _fail(path, f"{PRODUCT_OBJECT}@{k}", "a value > 0", geo[k])
         energy = None
         for k in ("photon_energy_eV", "probe_energy_eV"):
             if k in f.attrs:
-                energy = float(np.asarray(f.attrs[k]).reshape(-1)[0])
+                energy = _attr_float(f, k, path, "")
                 break
-        distance = (float(np.asarray(f.attrs["detector_object_distance_m"]).reshape(-1)[0])
+        distance = (_attr_float(f, "detector_object_distance_m", path, "")
                     if "detector_object_distance_m" in f.attrs else None)
         loss_path = _first(f, PRODUCT_LOSS)
         losses = ([] if loss_path is None
-                  else np.asarray(f[loss_path][()], dtype=np.float64).reshape(-1).tolist())
+                  else _read(f, loss_path, path, dtype=np.float64, array=False)
+                  .reshape(-1).tolist())
         epochs = (np.asarray(f[PRODUCT_EPOCHS][()]).reshape(-1).astype(int).tolist()
                   if PRODUCT_EPOCHS in f and loss_path is not None else None)
         if epochs is not None and len(epochs) != len(losses):
@@ -578,7 +687,7 @@ def read_product(path: str | os.PathLike) -> Product:
                       opr.shape)
             if opr.shape[1] > 1:  # the first probe of the stack is kept: its weights only
                 opr = opr[:, :1]
-        metadata = (json.loads(_attr_str(f[PRODUCT_PTYPINN][()]))
+        metadata = (json_object(_attr_str(f[PRODUCT_PTYPINN][()]), f"{path}: {PRODUCT_PTYPINN}")
                     if PRODUCT_PTYPINN in f else {})
         name = _attr_str(f.attrs.get("name", path.stem))
 
@@ -670,8 +779,16 @@ def read_tike_siemens_npz_bz2(path: str | os.PathLike) -> ScanData:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
+        limit = available_memory_bytes()
         with bz2.open(path, "rb") as fh:
-            raw = fh.read()
+            chunks, total = [], 0
+            while chunk := fh.read(1 << 24):
+                total += len(chunk)
+                if total > limit:
+                    raise ValueError(f"{path}: decompressed content exceeds the "
+                                     f"{limit / 2**30:.3g} GiB of memory available")
+                chunks.append(chunk)
+            raw = b"".join(chunks)
     except (OSError, EOFError, ValueError) as e:
         raise ValueError(f"{path}: not a readable bzip2 file ({e})") from None
     try:
@@ -689,7 +806,11 @@ def read_tike_siemens_npz_bz2(path: str | os.PathLike) -> ScanData:
         _fail(path, "data", "(1, n, N, N) frames", data.shape)
     counts = np.fft.fftshift(data.reshape(-1, *data.shape[-2:]), axes=(-2, -1))
     n, n_px = counts.shape[0], counts.shape[-1]
-    corners = np.asarray(arrays["scan"], dtype=np.float64).reshape(-1, 2)
+    try:
+        corners = np.asarray(arrays["scan"], dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        _fail(path, "scan", "(1, n, 2) real positions", f"{arrays['scan'].dtype}"
+              f"{arrays['scan'].shape}")
     if corners.shape[0] != n:
         _fail(path, "scan", f"{n} positions (one per frame), (1, n, 2)", arrays["scan"].shape)
     pos = corners + n_px / 2
@@ -742,8 +863,17 @@ def describe_hdf5(path: str | os.PathLike) -> list[str]:
     """A few readable lines about an HDF5 file (CXI, ptychodus product, or other)."""
     path = Path(path)
     kind = detect_hdf5_kind(path)
+    if kind == "product":
+        read_product(path)  # validates every dataset and attribute it describes
     with _open_h5(path) as f:
         if kind == "cxi":
+            data_path = _first(f, CXI_DATA)
+            if data_path is None:
+                raise ValueError(f"{path}: {CXI_DATA[0]}: missing (also looked at {CXI_DATA[1]});"
+                                 " a CXI file without frames")
+            shape = f[data_path].shape
+            if shape is None or len(shape) not in (3, 4) or math.prod(shape[:-2]) == 0:
+                _fail(path, data_path, "frames (n, H, W) with n >= 1", shape)
             version = _scalar(f, CXI_VERSION)
             tp = _first(f, CXI_TRANSLATION)
             vtext = "missing" if version is None else str(int(version))
@@ -752,7 +882,10 @@ def describe_hdf5(path: str | os.PathLike) -> list[str]:
                      f"translations: {_shape(f, tp)}",
                      f"probe: {_shape(f, _first(f, CXI_PROBE))}"]
             if tp is not None:
-                t = np.asarray(f[tp][()], dtype=np.float64).reshape(-1, f[tp].shape[-1])
+                t = _read(f, tp, path, dtype=np.float64)
+                if t.ndim < 2 or t.shape[-1] < 2 or t.size == 0:
+                    _fail(path, tp, "translations (n, 3)", t.shape)
+                t = t.reshape(-1, t.shape[-1])
                 lines.append(f"translation extent x [{t[:, 0].min():.4g}, {t[:, 0].max():.4g}] m, "
                              f"y [{t[:, 1].min():.4g}, {t[:, 1].max():.4g}] m")
             try:
@@ -762,12 +895,13 @@ def describe_hdf5(path: str | os.PathLike) -> list[str]:
             lines.append(f"photon energy: {e} eV; distance: {_scalar(f, CXI_DISTANCE)} m; "
                          f"detector pixel: {_scalar(f, CXI_X_PIXEL)} m")
             if CXI_MASK in f:
-                lines.append(f"bad pixels (mask != 0): {int(np.count_nonzero(f[CXI_MASK][()]))}")
+                lines.append(f"bad pixels (mask != 0): {int(np.count_nonzero(_read(f, CXI_MASK, path)))}")
             return lines
         if kind == "product":
             ob = f[PRODUCT_OBJECT]
             loss_path = _first(f, PRODUCT_LOSS)
-            losses = [] if loss_path is None else np.asarray(f[loss_path][()]).reshape(-1)
+            losses = ([] if loss_path is None else
+                      _read(f, loss_path, path, dtype=np.float64, array=False).reshape(-1))
             energy = f.attrs.get("photon_energy_eV", f.attrs.get("probe_energy_eV"))
             return [
                 f"{path}: ptychodus product '{_attr_str(f.attrs.get('name', ''))}'",

@@ -28,7 +28,7 @@ import numpy as np
 
 from ptypinn.data import ScanData, frame_shift_px
 from ptypinn.io import hdf5
-from ptypinn.io.files import json_default, load_npz, save_npz
+from ptypinn.io.files import json_default, json_object, load_npy, load_npz, save_npz
 
 __all__ = [
     "SCAN_FORMAT",
@@ -124,7 +124,22 @@ def read_scan(path: str | os.PathLike, measurement: Measurement | None = None) -
         "hdf5": _read_hdf5,
         "npz-bz2": lambda p, m: hdf5.read_tike_siemens_npz_bz2(p),
     }
-    return readers.get(detect_format(path), _refuse_unknown)(path, measurement)
+    fmt = detect_format(path)
+    scan = readers.get(fmt, _refuse_unknown)(path, measurement)
+    _refuse_degenerate_positions(path, scan, _POSITION_KEYS.get(fmt, "positions"))
+    return scan
+
+
+_POSITION_KEYS = {"npz": "positions_px", "reference-npz": "xcoords/ycoords",
+                  "hdf5": "translation", "npz-bz2": "scan"}
+
+
+def _refuse_degenerate_positions(path: str | os.PathLike, scan: ScanData, key: str) -> None:
+    """A scan of several patterns all taken at one position has no overlap to solve with."""
+    pos = scan.positions_px
+    if pos.shape[0] >= 2 and float(np.ptp(pos, axis=0).max()) == 0.0:
+        raise ValueError(f"{path}: {key}: all {pos.shape[0]} scan positions are identical "
+                         f"({pos[0, 0]:g}, {pos[0, 1]:g}); expected a scan over the object")
 
 
 def _read_canonical_npz(path: str | os.PathLike) -> ScanData:
@@ -132,7 +147,7 @@ def _read_canonical_npz(path: str | os.PathLike) -> ScanData:
     missing = [k for k in ("counts", "positions_px", "probe") if k not in z]
     if missing:
         raise ValueError(f"{path}: missing required key(s) {missing}")
-    meta = json.loads(str(z["meta"])) if "meta" in z else {}
+    meta = json_object(str(z["meta"]), f"{path}: key 'meta'") if "meta" in z else {}
     try:
         return ScanData(
             counts=z["counts"], positions_px=z["positions_px"], probe=z["probe"],
@@ -162,7 +177,10 @@ def read_reference_npz(
     """
     z = load_npz(path)
     key = "diffraction" if "diffraction" in z else "diff3d"
-    diff = np.asarray(z[key], dtype=np.float64)
+    try:
+        diff = np.asarray(z[key], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: '{key}': expected real numbers, got {z[key].dtype}") from None
     if diff.ndim != 3:
         raise ValueError(f"{path}: '{key}' expected 3 dimensions (n, H, W), got {diff.shape}")
     if diff.shape[0] == diff.shape[1] and diff.shape[2] != diff.shape[0]:
@@ -177,12 +195,24 @@ def read_reference_npz(
                     "(override with --measurement amplitude|counts)",
                     path, key, measurement == "counts", measurement)
     if measurement not in ("amplitude", "counts"):
-        raise ValueError(f"measurement: expected 'amplitude' or 'counts', got {measurement!r}")
+        raise ValueError(f"{path}: measurement: expected 'amplitude' or 'counts', got "
+                         f"{measurement!r}")
+    if not np.isfinite(diff).all():
+        raise ValueError(f"{path}: '{key}': expected finite values, got NaN/Inf")
+    if diff.size and float(diff.min()) < 0:
+        raise ValueError(f"{path}: '{key}': expected {measurement} >= 0, got values down to "
+                         f"{float(diff.min()):g}")
     counts = diff**2 if measurement == "amplitude" else diff
     for k in ("xcoords", "ycoords", "probeGuess"):
         if k not in z:
             raise ValueError(f"{path}: missing required key '{k}'")
-    pos = np.stack([np.ravel(z["ycoords"]), np.ravel(z["xcoords"])], axis=1).astype(np.float64)
+    try:
+        pos = np.stack([np.ravel(z["ycoords"]), np.ravel(z["xcoords"])],
+                       axis=1).astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: 'xcoords', 'ycoords': expected two real arrays of one length, "
+                         f"got {z['xcoords'].dtype}{z['xcoords'].shape} and "
+                         f"{z['ycoords'].dtype}{z['ycoords'].shape}") from None
     obj = z.get("objectGuess")
     meta: dict[str, Any] = {"provenance": f"reference-npz:{Path(path).name}",
                             "measurement": measurement}
@@ -206,9 +236,12 @@ def read_probe(path: str | os.PathLike) -> np.ndarray:
     if path.suffix == ".npy":
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such probe file")
+        arr = load_npy(path)
+        if arr.ndim not in (2, 3) or not np.isfinite(arr).all():
+            raise ValueError(f"{path}: expected a finite probe (H, W) or (modes, H, W), got "
+                             f"shape {arr.shape}")
         try:
-            arr = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise ValueError(f"{path}: not a plain array ({e})") from None
-        return np.asarray(arr, dtype=np.complex64)
+            return np.asarray(arr, dtype=np.complex64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: expected a numeric probe array, got {arr.dtype}") from None
     return read_scan(path).probe

@@ -28,7 +28,7 @@ from ptypinn import __version__, io
 from ptypinn.config import Config, from_dict, to_dict
 from ptypinn.pinn.models import build_model
 
-__all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "save_bundle", "load_bundle"]
+__all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "save_bundle", "load_bundle", "check_manifest"]
 
 BUNDLE_FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
@@ -124,21 +124,70 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         path = path / "bundle"  # accept a run directory
     if not (path / "manifest.json").is_file():
         raise ValueError(f"{path}: not a model bundle (no manifest.json)")
-    manifest = io.read_json(path / "manifest.json")
-    version = manifest.get("format_version")
-    if version not in _READABLE_VERSIONS:
-        raise ValueError(
-            f"{path}: bundle format_version expected one of {list(_READABLE_VERSIONS)}, got "
-            f"{version!r} (re-train or convert the bundle with a matching ptypinn version)"
-        )
+    manifest = check_manifest(io.read_json_object(path / "manifest.json"),
+                              path / "manifest.json")
+    version = manifest["format_version"]
     data = io.read_yaml(path / "config.yaml")
-    if version == 1:
-        data.get("model", {}).pop("object_big", None)  # a field format 1 had and never read
-    config = from_dict(Config, data)
-    state = _untensors(io.read_safetensors(path / "weights.safetensors"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path / 'config.yaml'}: expected a mapping of config sections, got "
+                         f"{type(data).__name__}")
+    if version == 1 and isinstance(data.get("model"), dict):
+        data["model"].pop("object_big", None)  # a field format 1 had and never read
+    try:
+        config = from_dict(Config, data)
+    except ValueError as e:
+        raise ValueError(f"{path / 'config.yaml'}: {e}") from None
+    weights = path / "weights.safetensors"
+    flat = io.read_safetensors(weights)
+    for k in flat:
+        if k.endswith(".real") and k[: -len(".real")] + ".imag" not in flat:
+            raise ValueError(f"{weights}: tensor '{k}' has no matching "
+                             f"'{k[: -len('.real')]}.imag'")
+    state = _untensors(flat)
     if version == 1:
         state = {k: v for k, v in state.items() if k not in _V1_DERIVED}
-    model = build_model(config.model, state["probe"], config.grouping.group_size)
-    model.load_state_dict(state)
+    probe = state.get("probe")
+    if probe is None:
+        raise ValueError(f"{weights}: tensor 'probe': missing")
+    if probe.ndim not in (2, 3) or probe.shape[-1] != manifest["pattern_size"]:
+        raise ValueError(f"{weights}: tensor 'probe': expected (modes, N, N) with N = "
+                         f"manifest pattern_size {manifest['pattern_size']}, got "
+                         f"{tuple(probe.shape)}")
+    try:
+        model = build_model(config.model, probe, config.grouping.group_size)
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(x.strip() for x in first[:3]) if first else type(e).__name__
+        raise ValueError(f"{weights}: weights do not match config.yaml ({detail})") from None
     model.eval().to(device)
     return Bundle(model=model, config=config, manifest=manifest)
+
+
+_MANIFEST_KEYS = {"format_version": int, "pattern_size": int, "kind": str}
+
+
+def check_manifest(manifest: dict[str, Any], where: str | os.PathLike) -> dict[str, Any]:
+    """Check a bundle manifest's required keys and format version; return it.
+
+    Raises
+    ------
+    ValueError
+        Naming ``where`` and the key: missing, of the wrong type, or an unknown format version.
+    """
+    for k, tp in _MANIFEST_KEYS.items():
+        v = manifest.get(k)
+        if v is None:
+            raise ValueError(f"{where}: key '{k}': missing")
+        if not isinstance(v, tp) or isinstance(v, bool):
+            raise ValueError(f"{where}: key '{k}': expected {tp.__name__}, got {v!r}")
+    version = manifest["format_version"]
+    if version not in _READABLE_VERSIONS:
+        raise ValueError(
+            f"{where}: bundle format_version expected one of {list(_READABLE_VERSIONS)}, got "
+            f"{version!r} (re-train or convert the bundle with a matching ptypinn version)"
+        )
+    if manifest["pattern_size"] < 2:
+        raise ValueError(f"{where}: key 'pattern_size': expected >= 2, got "
+                         f"{manifest['pattern_size']}")
+    return manifest

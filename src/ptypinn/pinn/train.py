@@ -2,9 +2,12 @@
 
 Lightning owns the loop, devices (CPU, one GPU, multi-GPU/multi-node DDP), progress bar, CSV and
 TensorBoard metrics, checkpoints (written atomically by Lightning through an fsspec transaction),
-``--resume`` and early stopping.  We add: a spatially disjoint validation slab, a NaN/Inf guard that stops with a
-clear message (the last good ``last.ckpt`` stays), keeping the best validation weights in memory,
-a check that DDP ranks end with identical weights, and the bundle: returned in memory
+``--resume`` and early stopping.  We add: a spatially disjoint validation slab, a divergence guard
+that stops with a clear message on a NaN/Inf loss or one above ``DIVERGENCE_FACTOR`` times the
+first step's (the last good ``last.ckpt`` stays), checks of every input and of the resumed
+checkpoint before anything is written (:func:`check_training`), a metrics history that a resume
+appends to, keeping the best validation weights in memory, a check that DDP ranks end with
+identical weights, and the bundle: returned in memory
 (:attr:`TrainResult.bundle`, ready for :func:`ptypinn.pinn.infer.reconstruct`) and written to
 ``out_dir/bundle``.
 """
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ptypinn import physics
+from ptypinn import io, physics
 from ptypinn.config import Config
 from ptypinn.data import ScanData
 from ptypinn.grouping import Groups, group_patterns
@@ -34,9 +37,12 @@ from ptypinn.pinn.bundle import Bundle, save_bundle
 from ptypinn.pinn.models import build_model
 
 __all__ = ["TrainingDiverged", "GroupDataset", "LitPtycho", "TrainResult", "train_model",
-           "split_groups"]
+           "split_groups", "check_training", "DIVERGENCE_FACTOR"]
 
 log = logging.getLogger(__name__)
+
+DIVERGENCE_FACTOR = 100.0
+"""A training loss above this multiple of the first step's loss stops the run as diverged."""
 
 
 class GroupDataset(Dataset):
@@ -97,13 +103,21 @@ class LitPtycho(L.LightningModule):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_val = math.inf
         self.ranks_identical: bool | None = None
+        self.first_loss: float | None = None
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, logs = self.model.loss(batch)
-        if not torch.isfinite(loss):
+        value = float(loss.detach())
+        if self.first_loss is None and math.isfinite(value):
+            self.first_loss = value
+        first = self.first_loss
+        exploded = first is not None and first > 0 and value > DIVERGENCE_FACTOR * first
+        if not math.isfinite(value) or exploded:
             ckpt = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            what = (f"{value:.4g}, {value / first:.3g}x the first step's {first:.4g}"
+                    if exploded else f"{value}")
             raise TrainingDiverged(
-                f"training loss became {loss.item()} at epoch {self.current_epoch}, step "
+                f"training loss became {what} at epoch {self.current_epoch}, step "
                 f"{self.global_step}; stopped. Last good checkpoint: "
                 f"{ckpt if ckpt.exists() else 'none yet'} (lower train.learning_rate?)"
             )
@@ -166,6 +180,64 @@ def _loader(ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
                       drop_last=False)
 
 
+def _check_devices(cfg: Config) -> None:
+    acc = cfg.train.accelerator
+    if acc == "gpu":
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have < cfg.train.devices:
+            raise ValueError(f"train.accelerator: expected an available device, got '{acc}' "
+                             f"with train.devices={cfg.train.devices} ({have} CUDA GPU(s) "
+                             "available)")
+
+
+def _check_checkpoint(path: Path, lit: LitPtycho) -> None:
+    """Refuse a checkpoint that is unreadable, truncated, holds arbitrary pickled objects or
+    weights of another shape than this run's model, before Lightning restores it."""
+    ckpt = io.read_checkpoint(path)
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: key 'state_dict': missing; not a ptypinn training checkpoint")
+    want = lit.state_dict()
+    for k, v in want.items():
+        got = state.get(k)
+        if not isinstance(got, torch.Tensor):
+            raise ValueError(f"{path}: key 'state_dict.{k}': missing; the checkpoint is of "
+                             "another model (check model.* and grouping.gridsize)")
+        if tuple(got.shape) != tuple(v.shape):
+            raise ValueError(f"{path}: key 'state_dict.{k}': expected shape {tuple(v.shape)}, "
+                             f"got {tuple(got.shape)} (another model.* or grouping.gridsize?)")
+    extra = sorted(set(state) - set(want))
+    if extra:
+        raise ValueError(f"{path}: key 'state_dict.{extra[0]}': not a tensor of this run's "
+                         "model")
+
+
+def check_training(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
+                   resume: bool = False) -> None:
+    """Every check :func:`train_model` makes before training, without writing anything.
+
+    Raises
+    ------
+    ValueError
+        A baseline without ground truth, fewer patterns than a group, an unavailable
+        accelerator, or (``resume``) a missing, unreadable or mismatched
+        ``out_dir/checkpoints/last.ckpt``.
+    """
+    if cfg.model.kind == "baseline" and scan.object_true is None:
+        raise ValueError("model.kind='baseline' needs ground truth (object_true): the scan has "
+                         "none; use model.kind=pinn for measured data")
+    if scan.counts.shape[0] < cfg.grouping.group_size:
+        raise ValueError(f"scan: expected at least {cfg.grouping.group_size} patterns for "
+                         f"gridsize {cfg.grouping.gridsize}, got {scan.counts.shape[0]}")
+    _check_devices(cfg)
+    if resume:
+        last = Path(out_dir) / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise ValueError(f"--resume: expected a checkpoint at {last}, found none")
+        model = build_model(cfg.model, torch.from_numpy(scan.probe), cfg.grouping.group_size)
+        _check_checkpoint(last, LitPtycho(model, cfg))
+
+
 def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
                 resume: bool = False) -> TrainResult:
     """Train a PINN or baseline on one (training) scan; return the bundle, also written to
@@ -180,19 +252,16 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
     out_dir : path
         Run directory: ``checkpoints/``, ``logs/metrics.csv``, ``bundle/``.
     resume : bool
-        Continue from ``out_dir/checkpoints/last.ckpt``.
+        Continue from ``out_dir/checkpoints/last.ckpt`` (checked first: see
+        :func:`check_training`); the rows of ``logs/metrics.csv`` are kept and the new ones
+        appended.
     """
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     out_dir = Path(out_dir)
     with_truth = cfg.model.kind == "baseline"
-    if with_truth and scan.object_true is None:
-        raise ValueError("model.kind='baseline' needs ground truth (object_true): the scan has "
-                         "none; use model.kind=pinn for measured data")
-    if scan.counts.shape[0] < cfg.grouping.group_size:
-        raise ValueError(f"scan: expected at least {cfg.grouping.group_size} patterns for "
-                         f"gridsize {cfg.grouping.gridsize}, got {scan.counts.shape[0]}")
+    check_training(cfg, scan, out_dir, resume)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     groups = group_patterns(scan.positions_px, cfg.grouping)
     train_groups, val_groups = split_groups(groups, scan.positions_px, cfg.train.val_fraction)
@@ -232,14 +301,15 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
         log_every_n_steps=10,
         num_sanity_val_steps=0,
     )
-    ckpt_path = None
-    if resume:
-        last = ckpt_dir / "last.ckpt"
-        if not last.is_file():
-            raise ValueError(f"--resume: expected a checkpoint at {last}, found none")
-        ckpt_path = str(last)
+    ckpt_path = str(ckpt_dir / "last.ckpt") if resume else None
+    metrics_csv = out_dir / "logs" / "metrics.csv"
+    earlier = io.read_text(metrics_csv) if resume and metrics_csv.is_file() else None
     t0 = time.perf_counter()
-    trainer.fit(lit, train_dl, val_dl, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(lit, train_dl, val_dl, ckpt_path=ckpt_path)
+    finally:
+        if earlier is not None and trainer.is_global_zero:
+            io.append_csv_history(metrics_csv, earlier)  # a resume appends to the history
     fit_time = time.perf_counter() - t0
     if lit.best_state is not None:
         model.load_state_dict(lit.best_state)

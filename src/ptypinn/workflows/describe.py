@@ -53,18 +53,27 @@ def describe_path(path: str | os.PathLike, measurement: str | None = None) -> li
         bundle = p if (p / "manifest.json").is_file() else p / "bundle"
         if not (bundle / "manifest.json").is_file():
             raise ValueError(f"{p}: a directory that is not a bundle or run (no manifest.json)")
-        m = io.read_json(bundle / "manifest.json")
+        m = io.read_json_object(bundle / "manifest.json")
+        for k in ("format_version", "pattern_size", "kind"):
+            if k not in m:
+                raise ValueError(f"{bundle / 'manifest.json'}: key '{k}': missing")
         cfg = io.read_yaml(bundle / "config.yaml") if (bundle / "config.yaml").is_file() else {}
-        gridsize = int((cfg.get("grouping") or {}).get("gridsize", 1))
-        training = m.get("training", {})
+        grouping = cfg.get("grouping") if isinstance(cfg, dict) else None
+        gridsize = grouping.get("gridsize", 1) if isinstance(grouping, dict) else None
+        if not isinstance(gridsize, int) or isinstance(gridsize, bool) or gridsize < 1:
+            raise ValueError(f"{bundle / 'config.yaml'}: key 'grouping.gridsize': expected an "
+                             f"integer >= 1, got {gridsize!r}")
+        training = m.get("training") if isinstance(m.get("training"), dict) else {}
         photons = training.get("photons_per_pattern")
+        num = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "not recorded"  # noqa: E731
         return [
             f"{p}: model bundle (format {m.get('format_version')}, ptypinn {m.get('package_version')})",
             f"kind: {m.get('kind')}; gridsize {gridsize} (group size C={gridsize**2}); patterns "
             f"{m.get('pattern_size')}x{m.get('pattern_size')}; probe modes {m.get('probe_modes')}",
-            f"intensity scale: {m.get('intensity_scale'):.6g}; training photons per pattern: "
-            + (f"{photons:.4g}" if photons is not None else "not recorded"),
-            f"training: {training.get('epochs_run')} epochs, {training.get('fit_time_s', 0):.1f} s, "
+            f"intensity scale: {num(m.get('intensity_scale'), '.6g')}; training photons per "
+            f"pattern: {num(photons, '.4g')}",
+            f"training: {training.get('epochs_run')} epochs, "
+            f"{num(training.get('fit_time_s', 0), '.1f')} s, "
             f"{training.get('n_train_groups')} train / {training.get('n_val_groups')} val groups",
         ]
     kind = io.detect_format(p)

@@ -70,7 +70,7 @@ from ptypinn.physics import extract_patches
 from ptypinn.pinn import TrainingDiverged
 from ptypinn.simulate import simulate_scan, simulate_train_test
 from ptypinn.workflows.compare import compare, refine_arms, run_arms
-from ptypinn.workflows.study_config import PARAMETERS, StudyConfig, load_study
+from ptypinn.workflows.study_config import PARAMETERS, StudyConfig, check_cell_name, load_study
 from ptypinn.workflows.study_results import write_report
 
 __all__ = [
@@ -319,7 +319,7 @@ def _is_done(cell_dir: Path, key: dict[str, Any]) -> bool:
     if not done.is_file():
         return False
     try:
-        old = io.read_json(done)
+        old = io.read_json_object(done)
     except (ValueError, OSError):
         return False
     if old.get("key") == _json_roundtrip(key):
@@ -430,7 +430,7 @@ def run_study(source: str | os.PathLike | Mapping[str, Any], out_dir: str | os.P
     cache: dict[Any, Any] = {}
     ran, skipped = [], []
     for i, cell in enumerate(cells, 1):
-        cell_dir = out / "cells" / cell.name
+        cell_dir = out / "cells" / check_cell_name(cell.name, "study")
         key = _resume_key(cell, study)
         if _is_done(cell_dir, key):
             log.info("cell %d/%d %s: done already, skipped", i, len(cells), cell.name)

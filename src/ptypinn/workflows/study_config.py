@@ -32,6 +32,7 @@ __all__ = [
     "StudyConfig",
     "study_config_from_dict",
     "load_study",
+    "check_cell_name",
 ]
 
 STUDY_KINDS = ("dose", "overlap", "generalization", "probe")
@@ -184,3 +185,21 @@ def load_study(source: str | os.PathLike | Mapping[str, Any], overrides: Sequenc
         raise ConfigError("study: expected a 'study:' section (kind, values, arms, ...), got none")
     study = study_config_from_dict(data.pop("study"))
     return study, from_dict(Config, data)
+
+
+def check_cell_name(name: Any, where: str) -> str:
+    """A cell name that stays inside ``STUDY/cells/``: a plain, non-empty directory name.
+
+    Raises
+    ------
+    ValueError
+        Naming ``where``, for a name with ``..``, a path separator, an absolute path, a leading
+        dot or anything that is not a string.
+    """
+    ok = (isinstance(name, str) and name not in ("", ".", "..") and ".." not in name
+          and "/" not in name and "\\" not in name and not name.startswith(".")
+          and not os.path.isabs(name) and "\x00" not in name)
+    if not ok:
+        raise ValueError(f"{where}: cell name {name!r}: expected a plain directory name (no "
+                         "'..', path separators or absolute paths)")
+    return name

@@ -28,6 +28,7 @@ from ptypinn.workflows.study_config import (
     ARMS,
     PARAMETERS,
     PROBE_SCENARIOS,
+    check_cell_name,
     study_config_from_dict,
 )
 
@@ -49,11 +50,21 @@ RESULT_COLUMNS = ["cell", "parameter", "parameter_value", "gridsize", "seed", "m
 def _finished_cells(out: Path) -> list[tuple[Path, dict[str, Any]]]:
     """``(cell_dir, done.json record)`` of every finished cell, in the study's planned order
     (``study.json``; directory order if it is missing)."""
-    if (out / "study.json").is_file():
-        dirs = [out / "cells" / name for name in io.read_json(out / "study.json")["cells"]]
+    meta = out / "study.json"
+    if meta.is_file():
+        names = io.read_json_object(meta).get("cells")
+        if not isinstance(names, list):
+            raise ValueError(f"{meta}: key 'cells': expected a list of cell names, got "
+                             f"{type(names).__name__}")
+        dirs = [out / "cells" / check_cell_name(n, f"{meta}: key 'cells'") for n in names]
     else:
         dirs = sorted(p.parent for p in (out / "cells").glob("*/done.json"))
-    return [(d, io.read_json(d / "done.json")) for d in dirs if (d / "done.json").is_file()]
+    root = (out / "cells").resolve()
+    for d in dirs:  # a cell directory (or a link) must not lead outside the study
+        if root not in d.resolve().parents:
+            raise ValueError(f"{d}: leads outside {out / 'cells'}; refusing to read it")
+    return [(d, io.read_json_object(d / "done.json")) for d in dirs
+            if (d / "done.json").is_file()]
 
 
 def collect_results(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -267,8 +278,11 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Any]:
     out = Path(out_dir)
     if not (out / "study.yaml").is_file():
         raise FileNotFoundError(f"{out}: no study.yaml (not a study directory)")
-    study = study_config_from_dict(io.read_yaml(out / "study.yaml")["study"])
-    meta = io.read_json(out / "study.json") if (out / "study.json").is_file() else {}
+    resolved = io.read_yaml(out / "study.yaml")
+    if not isinstance(resolved, dict) or not isinstance(resolved.get("study"), dict):
+        raise ValueError(f"{out / 'study.yaml'}: key 'study': expected a mapping")
+    study = study_config_from_dict(resolved["study"])
+    meta = io.read_json_object(out / "study.json") if (out / "study.json").is_file() else {}
     kind = study.kind
     rows = collect_results(out)
     io.write_text(out / "results.csv", _csv_text(rows))
@@ -372,7 +386,7 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Any]:
         if rec["cell"]["seed"] != first_seed:
             continue
         img = cell_dir / "compare" / "comparison.png"
-        if img.is_file():
+        if img.is_file() and cell_dir.resolve() in img.resolve().parents:  # no link out
             c = rec["cell"]
             cap = (f"{c['name']}: {pname} = {_fmt_value(kind, c['value'])}, gridsize "
                    f"{c['gridsize']}, seed {c['seed']}")
