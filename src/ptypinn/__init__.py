@@ -32,6 +32,7 @@ _API = {
     # refinement (Poisson maximum likelihood on the forward model)
     "refine": "ptypinn.refinement",
     "RefineResult": "ptypinn.refinement",
+    "refine_scan": "ptypinn.workflows.refine",
     # files
     "read_scan": "ptypinn.io",
     "write_scan": "ptypinn.io",
@@ -79,6 +80,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
     from ptypinn.pinn.bundle import Bundle, load_bundle, save_bundle
     from ptypinn.pinn.infer import Reconstruction, reconstruct
     from ptypinn.workflows.outputs import write_outputs
+    from ptypinn.workflows.refine import refine_scan
     from ptypinn.pinn.train import TrainResult, train_model
     from ptypinn.simulate import simulate_scan, simulate_train_test
     from ptypinn.workflows.compare import compare, run_arms
