@@ -330,6 +330,33 @@ def test_cli_refine_errors_name_the_key(tiny_pair, tmp_path, capsys):
     assert main(["compare", str(tmp_path / "scan.npz"), "-o", str(tmp_path / "o"),
                  "--refine", "-1"]) == 2
     assert "refine.epochs" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "scan.npz"), "-o", str(tmp_path / "o"),
+                 "--refine", "2", "--refine-engine", "ptychi", "--refine-positions"]) == 2
+    assert "refine.refine_positions" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_infer_with_the_ptychi_refinement_engine(tiny_pair, tmp_path, capsys):
+    from ptypinn import io
+    from ptypinn.baselines.ptychi import ptychi_available
+    from ptypinn.cli import main
+    from ptypinn.pinn.bundle import save_bundle
+
+    ok, why = ptychi_available()
+    if not ok:
+        pytest.skip(f"pty-chi not usable: {why}")
+    scan = tiny_pair[1]
+    io.write_scan(tmp_path / "scan.npz", scan)
+    save_bundle(tmp_path / "bundle", _untrained_bundle(scan))
+    out = tmp_path / "out"
+    assert main(["infer", str(tmp_path / "bundle"), "--scan", str(tmp_path / "scan.npz"),
+                 "-o", str(out), "--refine", "4", "--refine-engine", "ptychi",
+                 "--set", "refine.check_every_epochs=2", "--set", "infer.device=cpu",
+                 "--set", "refine.device=cpu", "--set", "iterative.algorithm=lsqml"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["refine"]["epochs"] >= 2
+    assert summary["nll_per_pixel_mean"] <= summary["nll_per_pixel_pinn"]
+    assert "engine: ptychi" in (out / "config.resolved.yaml").read_text()
 
 
 def test_a_stalled_run_halves_its_step_from_the_best_state(tiny_pair, caplog):
@@ -349,3 +376,35 @@ def test_a_stalled_run_halves_its_step_from_the_best_state(tiny_pair, caplog):
     assert halved.nll_per_pixel == min(h[2] for h in halved.nll_history)
     assert halved.nll_per_pixel == pytest.approx(float(np.mean(data_nll(halved.object, scan))),
                                                  rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# the pty-chi refinement engine
+
+
+def test_ptychi_engine_with_positions_is_a_config_error():
+    with pytest.raises(ConfigError, match="refine.refine_positions"):
+        RefineConfig(engine="ptychi", refine_positions=True)
+
+
+def test_ptychi_engine_warm_start_lowers_the_nll(tiny_pair):
+    from ptypinn.baselines.ptychi import ptychi_available
+    from ptypinn.workflows.refine import refine_scan
+
+    ok, why = ptychi_available()
+    if not ok:
+        pytest.skip(f"pty-chi not usable: {why}")
+    test = tiny_pair[1]
+    start = np.ones(test.object_shape_px, np.complex64)
+    cfg = RefineConfig(engine="ptychi", epochs=4, check_every_epochs=2, device="cpu")
+    res = refine_scan(test, cfg, object_init=start)
+    assert res.object.shape == test.object_shape_px
+    assert res.epochs >= 2 and res.nll_history
+    start_nll = float(data_nll(start, test).mean())
+    assert res.nll_per_pixel < start_nll
+    # the returned NLL is the measured one of the returned object
+    assert float(data_nll(res.object, test.replace(probe=res.probe)).mean()) == pytest.approx(
+        res.nll_per_pixel, rel=1e-3)
+    # the same function with the own engine is ptypinn.refine
+    own = refine_scan(test, dataclasses.replace(cfg, engine="ptypinn", epochs=0), start)
+    assert own.stop_reason == "off"

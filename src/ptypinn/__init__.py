@@ -32,8 +32,12 @@ _API = {
     # refinement (Poisson maximum likelihood on the forward model)
     "refine": "ptypinn.refinement",
     "RefineResult": "ptypinn.refinement",
+<<<<<<< HEAD
     # what produced a result (versions, device, git commit, command line, config)
     "run_provenance": "ptypinn.provenance",
+=======
+    "refine_scan": "ptypinn.workflows.refine",
+>>>>>>> main
     # files
     "read_scan": "ptypinn.io",
     "write_scan": "ptypinn.io",
@@ -83,7 +87,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
     from ptypinn.pinn.bundle import Bundle, load_bundle, save_bundle
     from ptypinn.pinn.infer import Reconstruction, reconstruct
     from ptypinn.workflows.outputs import write_outputs
+<<<<<<< HEAD
     from ptypinn.pinn.train import TrainResult, check_training, train_model
+=======
+    from ptypinn.workflows.refine import refine_scan
+    from ptypinn.pinn.train import TrainResult, train_model
+>>>>>>> main
     from ptypinn.simulate import simulate_scan, simulate_train_test
     from ptypinn.workflows.compare import compare, run_arms
     from ptypinn.workflows.studies import run_study

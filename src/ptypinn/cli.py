@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import ptypinn
 from ptypinn import __version__
-from ptypinn.config import PTYCHI_ENGINES
+from ptypinn.config import PTYCHI_ENGINES, REFINE_ENGINES
 
 log = logging.getLogger("ptypinn.cli")
 
@@ -85,8 +85,9 @@ def _with_flags(cfg: Any, section: str, **flags: Any) -> Any:
 
 
 def _with_refine_flags(cfg: Any, args: argparse.Namespace) -> Any:
-    """``cfg`` with ``--refine N``, ``--refine-probe`` and ``--refine-positions`` applied."""
-    return _with_flags(cfg, "refine", epochs=args.refine,
+    """``cfg`` with ``--refine N``, ``--refine-engine``, ``--refine-probe`` and
+    ``--refine-positions`` applied."""
+    return _with_flags(cfg, "refine", epochs=args.refine, engine=args.refine_engine,
                        refine_probe=True if args.refine_probe else None,
                        refine_positions=True if args.refine_positions else None)
 
@@ -95,13 +96,17 @@ def _refine_pinn(recon: Any, scan: Any, cfg: Any) -> Any:
     """Refine the network's stitched object (its whole-patch rim included), or None when off."""
     if cfg.refine.epochs == 0:
         return None
-    return ptypinn.refine(scan, cfg.refine, object_init=recon.object, progress=_progress())
+    return ptypinn.refine_scan(scan, cfg.refine, object_init=recon.object,
+                               iterative=cfg.iterative, progress=_progress())
 
 
 def _add_refine(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine", type=int, default=None, metavar="N",
                    help="then refine the network's object by Poisson maximum likelihood for at "
                    "most N epochs (until converged; default: refine.epochs, 0 = off)")
+    p.add_argument("--refine-engine", choices=list(REFINE_ENGINES), default=None,
+                   help="ptypinn (our own, default) or ptychi (pty-chi warm-started from the "
+                   "same object, with the iterative section's engine; optional extra)")
     p.add_argument("--refine-probe", action="store_true",
                    help="let the refinement refine the probe modes too (refine.refine_probe)")
     p.add_argument("--refine-positions", action="store_true",

@@ -35,6 +35,7 @@ __all__ = [
     "InferConfig",
     "IterativeConfig",
     "RefineConfig",
+    "REFINE_ENGINES",
     "REFINE_OPTIMIZERS",
     "Config",
     "from_dict",
@@ -442,6 +443,8 @@ class IterativeConfig:
 
 RefineOptimizer = Literal["normalized", "adam"]
 REFINE_OPTIMIZERS: tuple[str, ...] = typing.get_args(RefineOptimizer)
+RefineEngine = Literal["ptypinn", "ptychi"]
+REFINE_ENGINES: tuple[str, ...] = typing.get_args(RefineEngine)
 """Update rules of the refinement (``refine.optimizer``; :mod:`ptypinn.refinement`)."""
 
 
@@ -452,6 +455,12 @@ class RefineConfig:
 
     Attributes
     ----------
+    engine : {"ptypinn", "ptychi"}
+        ``ptypinn``: our own refinement (:func:`ptypinn.refinement.refine`). ``ptychi``: pty-chi
+        warm-started from the same object and probe (:func:`ptypinn.workflows.refine.refine_scan`;
+        optional extra), with the ``iterative`` section's engine, batch size, noise model and
+        step, run until converged with this section's ``epochs``, ``check_every_epochs``,
+        ``convergence_rel_tol``, ``refine_probe`` and ``device``; no position correction.
     epochs : int
         Most passes over all patterns (the cap); 0 turns refinement off.
     batch_size : int
@@ -483,6 +492,7 @@ class RefineConfig:
         Seed of the minibatch order, ``>= 0``.
     """
 
+    engine: RefineEngine = "ptypinn"
     epochs: int = 0
     batch_size: int = 64
     optimizer: RefineOptimizer = "normalized"
@@ -506,6 +516,8 @@ class RefineConfig:
             require(_is_int(v) and v >= 1, f"{s}.{name}", "an integer >= 1", v)
         require(self.optimizer in REFINE_OPTIMIZERS, f"{s}.optimizer",
                 f"one of {REFINE_OPTIMIZERS}", self.optimizer)
+        require(self.engine in REFINE_ENGINES, f"{s}.engine", f"one of {REFINE_ENGINES}",
+                self.engine)
         for name, lo in (("step", "> 0"), ("convergence_rel_tol", "> 0"),
                          ("max_position_shift_px", ">= 0")):
             v = getattr(self, name)
@@ -518,6 +530,9 @@ class RefineConfig:
         require(_is_device(self.device), f"{s}.device", "'auto', 'cpu', 'cuda' or 'cuda:k'",
                 self.device)
         require(_is_int(self.seed) and self.seed >= 0, f"{s}.seed", "an integer >= 0", self.seed)
+        require(not (self.engine == "ptychi" and self.refine_positions),
+                f"{s}.refine_positions", "false with refine.engine=ptychi (pty-chi's position "
+                "correction is not wired up; use refine.engine=ptypinn)", True)
 
 
 @dataclass(frozen=True)

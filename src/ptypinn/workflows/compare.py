@@ -59,8 +59,9 @@ from ptypinn.physics import data_nll
 from ptypinn.pinn.bundle import Bundle, load_bundle
 from ptypinn.pinn.infer import reconstruct
 from ptypinn.metrics import align, evaluate, frc_interior, metrics_long_rows
-from ptypinn.refinement import RefineResult, refine as refine_scan
+from ptypinn.refinement import RefineResult
 from ptypinn.workflows.outputs import file_metadata, refine_summary, write_result_files
+from ptypinn.workflows.refine import refine_scan
 
 
 __all__ = ["ArmResult", "REFINE_ARM_LABELS", "footprint_mask", "run_arms", "refine_arms",
@@ -166,7 +167,9 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         Batch size, crop, precision and device of the network arms; the crop also defines
         pty-chi's covered region.
     refine : RefineConfig, optional
-        Also run the refinement (:func:`ptypinn.refinement.refine`, ``refine.epochs >= 1``):
+        Also run the refinement (:func:`ptypinn.workflows.refine.refine_scan` with
+        ``refine.engine``; for ``ptychi`` with the settings of the pty-chi engine that won,
+        else the defaults; ``refine.epochs >= 1``):
         "PINN+refine" from the PINN arm's object (uncovered pixels = 1) when there is a PINN
         arm, and "refine from flat" from ones.  Their ``wall_time_s`` is the refinement's
         update time, plus the PINN's inference time for "PINN+refine"; ``nll_per_pixel`` is
@@ -212,6 +215,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
                      "nll_per_pixel_without_sync": rec.nll_without_sync}))
         log.info("%s: %.2f s (%.0f patterns/s)", ARM_LABELS[kind], rec.wall_time_s,
                  rec.patterns_per_s)
+    best_ptychi: IterativeConfig | None = None  # the engine the ptychi refinement engine uses
     if ptychi is not None:
         configs = [ptychi] if isinstance(ptychi, IterativeConfig) else list(ptychi)
         candidates = []
@@ -222,6 +226,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
                      res.iterations, res.wall_time_s, nll)
             candidates.append((nll, it_cfg, res))
         nll, it_cfg, res = min(candidates, key=lambda c: c[0] if math.isfinite(c[0]) else math.inf)
+        best_ptychi = it_cfg
         wall = res.wall_time_s
         arms.append(ArmResult(
             name=ARM_LABELS["ptychi"], object=res.object, probe=res.probe,
@@ -241,13 +246,15 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
     if refine is not None:
         pinn_arm = next((a for a in arms if a.name == ARM_LABELS["pinn"]), None)
         arms += refine_arms(scan, refine, pinn_arm, flat=True, covered=footprint,
-                            progress=progress)
+                            iterative=best_ptychi, progress=progress)
     return arms
 
 
 def refine_arms(scan: ScanData, refine: RefineConfig, pinn_arm: ArmResult | None = None,
                 flat: bool = True, covered: np.ndarray | None = None,
-                crop_px: int | None = None, progress: bool = False) -> list[ArmResult]:
+                crop_px: int | None = None,
+                iterative: IterativeConfig | None = None,
+                progress: bool = False) -> list[ArmResult]:
     """The refinement arms: "PINN+refine" from ``pinn_arm``'s object (uncovered pixels = 1; its
     time is added) when given, and "refine from flat" from ones when ``flat``.
 
@@ -263,8 +270,10 @@ def refine_arms(scan: ScanData, refine: RefineConfig, pinn_arm: ArmResult | None
     covered : bool ``(Hy, Wx)``, optional
         Scored region of "refine from flat" (default: :func:`footprint_mask` with ``crop_px``);
         "PINN+refine" keeps the PINN arm's.
+    iterative : IterativeConfig, optional
+        pty-chi's settings when ``refine.engine`` is ``"ptychi"``.
     progress : bool
-        A progress bar (stderr) of each refinement's epochs.
+        A progress bar (stderr) of each refinement's epochs (own engine).
 
     Returns
     -------
@@ -279,7 +288,7 @@ def refine_arms(scan: ScanData, refine: RefineConfig, pinn_arm: ArmResult | None
     out = []
     for key, base in starts:
         res = refine_scan(scan, refine, object_init=None if base is None else base.object,
-                          progress=progress)
+                          iterative=iterative, progress=progress)
         out.append(_refine_arm(scan, REFINE_ARM_LABELS[key], res, base, refine, covered))
     return out
 
@@ -294,7 +303,7 @@ def _refine_arm(scan: ScanData, name: str, res: RefineResult, base: ArmResult | 
     details = {**refine_summary(res), "refine_wall_time_s": res.wall_time_s,
                "start": base.name if base is not None else "flat (ones)",
                "start_wall_time_s": base.wall_time_s if base is not None else 0.0,
-               "optimizer": cfg.optimizer, "step": cfg.step,
+               "engine": cfg.engine, "optimizer": cfg.optimizer, "step": cfg.step,
                "probe": "refined" if cfg.refine_probe else "fixed",
                "positions": "refined" if cfg.refine_positions else "fixed"}
     details["wall_time_s"] = wall
