@@ -32,12 +32,9 @@ _API = {
     # refinement (Poisson maximum likelihood on the forward model)
     "refine": "ptypinn.refinement",
     "RefineResult": "ptypinn.refinement",
-<<<<<<< HEAD
+    "refine_scan": "ptypinn.workflows.refine",
     # what produced a result (versions, device, git commit, command line, config)
     "run_provenance": "ptypinn.provenance",
-=======
-    "refine_scan": "ptypinn.workflows.refine",
->>>>>>> main
     # files
     "read_scan": "ptypinn.io",
     "write_scan": "ptypinn.io",
