@@ -71,8 +71,22 @@ def _write_config(out_dir: Path, cfg: Any, name: str = "config.resolved.yaml") -
     io.write_yaml(out_dir / name, ptypinn.to_dict(cfg))
 
 
-def _read_scan(path: str, measurement: str | None = None):
-    return ptypinn.read_scan(path, measurement=measurement)
+def _read_scan(path: str, measurement: str | None = None,
+               photons_per_pattern: float | None = None, bundle: Any = None):
+    """Read a scan and bring it to photon units by the one rule of every command
+    (``data.to_photon_units``; with a bundle, ``pinn.infer.prepare_scan``, which also warns when
+    the bundle's training beam or flux does not match the scan)."""
+    scan = ptypinn.read_scan(path, measurement=measurement)
+    if bundle is not None:
+        return ptypinn.prepare_scan(bundle, scan, photons_per_pattern)
+    return ptypinn.to_photon_units(scan, photons_per_pattern=photons_per_pattern)
+
+
+def _add_scale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--photons-per-pattern", type=float, default=None, metavar="N",
+                   help="rescale the counts to N photons per pattern on average (files of "
+                   "normalized amplitudes, e.g. reference PtychoPINN NPZ: the Poisson weighting "
+                   "needs photon counts); > 0")
 
 
 def _with_flags(cfg: Any, section: str, **flags: Any) -> Any:
@@ -154,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.warning("'ptypinn train CONFIG' is deprecated; use 'ptypinn train --config CONFIG'")
         args.config = args.config_positional
     cfg = _config(args)
-    scan = _read_scan(args.train, args.measurement)
+    scan = _read_scan(args.train, args.measurement, args.photons_per_pattern)
     out = Path(args.output)
     _log_to_file(out)
     _write_config(out, cfg)
@@ -189,7 +203,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     cfg = _with_refine_flags(_config(args), args)
     bundle = ptypinn.load_bundle(args.run)
-    scan = _read_scan(args.scan, args.measurement)
+    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern, bundle)
     out = Path(args.output)
     recon = ptypinn.reconstruct(bundle, scan, cfg.infer)
     refined = _refine_pinn(recon, scan, cfg)
@@ -203,7 +217,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from ptypinn.workflows.outputs import write_outputs
 
     cfg = _with_refine_flags(_config(args), args)
-    scan = ptypinn.calibrate_probe(_read_scan(args.scan, args.measurement))
+    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern)
     out = Path(args.output)
     _log_to_file(out)
     _write_config(out, cfg)
@@ -225,7 +239,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = _with_refine_flags(cfg, args)
     engines = list(dict.fromkeys(args.ptychi or []))
     ptychi = [dataclasses.replace(cfg.iterative, algorithm=e) for e in engines] or None
-    scan = _read_scan(args.scan, args.measurement)
+    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern,
+                      ptypinn.load_bundle(args.pinn) if args.pinn else None)
     out = Path(args.output)
     arms = run_arms(scan, pinn=args.pinn, baseline=args.baseline, ptychi=ptychi,
                     infer_cfg=cfg.infer, refine=cfg.refine if cfg.refine.epochs > 0 else None)
@@ -292,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
     t.add_argument("--measurement", **measurement)
+    _add_scale(t)
     t.set_defaults(func=cmd_train)
 
     i = sub.add_parser("infer", help="reconstruct a scan with a trained bundle")
@@ -300,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--scan", required=True, help="scan file to reconstruct")
     i.add_argument("-o", "--output", required=True, help="output directory")
     i.add_argument("--measurement", **measurement)
+    _add_scale(i)
     _add_refine(i)
     i.set_defaults(func=cmd_infer)
 
@@ -308,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(r, config_positional=False)
     r.add_argument("-o", "--output", required=True, help="output directory")
     r.add_argument("--measurement", **measurement)
+    _add_scale(r)
     _add_refine(r)
     r.set_defaults(func=cmd_reconstruct)
 
@@ -327,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "iterative.optimize_probe (false)")
     c.add_argument("-o", "--output", required=True, help="output directory")
     c.add_argument("--measurement", **measurement)
+    _add_scale(c)
     _add_refine(c)
     c.set_defaults(func=cmd_compare)
 
