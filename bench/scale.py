@@ -2,7 +2,7 @@
 
 A new user's workflow: simulate a training and a test scan (different objects, the same beam),
 write both in the reference NPZ format as PtychoPINN does -- amplitudes normalized so that a
-pattern holds ``(N/2)^2`` on average, the probe at unit peak amplitude (not in photon units),
+pattern holds ``(N/2)^2`` on average, the probe at unit power (``sum |P|^2 = 1``) (not in photon units),
 a flat ``objectGuess`` for the frame -- then, with the command line::
 
     ptypinn train --train ref_train.npz -o RUN --measurement amplitude [--photons-per-pattern P] ...
@@ -34,17 +34,17 @@ from pathlib import Path
 import numpy as np
 
 from ptypinn.config import SimulationConfig
-from ptypinn.data import ScanData
+from ptypinn.data import ScanData, probe_power
 from ptypinn.io import load_npz
 from ptypinn.metrics import evaluate
 from ptypinn.simulate import make_object, simulate_scan
 
 
 def write_reference(path: Path, scan: ScanData) -> None:
-    """A reference PtychoPINN NPZ: normalized amplitudes, unit-peak probe, flat objectGuess."""
+    """A reference PtychoPINN NPZ: normalized amplitudes, unit-power probe, flat objectGuess."""
     n = scan.pattern_size
     norm = np.sqrt((n / 2) ** 2 / scan.photons_per_pattern)
-    probe = scan.probe / np.abs(scan.probe).max()
+    probe = scan.probe / np.sqrt(probe_power(scan.probe))
     np.savez(path, diffraction=(np.sqrt(scan.counts) * norm).astype(np.float32),
              xcoords=scan.positions_px[:, 1], ycoords=scan.positions_px[:, 0],
              probeGuess=probe.astype(np.complex64),

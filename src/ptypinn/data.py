@@ -5,7 +5,7 @@ The absolute scale (see ``docs/conventions.md``)
 Diffraction data are photon counts ``n``.  Predicted counts are ``|F(P * O)|^2`` with the probe
 ``P`` in photon units, so the object ``O`` is an absolute transmission: the scale of the object
 is fixed by the probe's photon calibration and nothing else.  The simulator writes probes in
-photon units; probes read from files are calibrated by :func:`calibrate_probe`.  Networks take
+photon units; probes read from files are brought there by :func:`to_photon_units`.  Networks take
 the counts themselves (their fixed physics layer back-propagates ``sqrt(n)`` with that probe), so
 there is no separate dataset normalization scalar to keep in step.
 
@@ -284,8 +284,9 @@ def pattern_totals(scan: ScanData) -> np.ndarray:
     """Total counts per pattern, ``(n,)`` float64, with bad pixels filled in.
 
     Bad pixels (``scan.bad_pixels``) are left out and the sum is divided by the fraction of the
-    probe's own far-field intensity that falls on good pixels, so a masked beam stop or hot pixel
-    neither lowers nor raises the totals.
+    probe's own far-field intensity that falls on good pixels, so hot or dead pixels neither
+    raise nor lower the totals.  The correction is approximate where the object scatters much
+    of the beam away from a masked region (a masked bright centre: the totals come out high).
     """
     if scan.bad_pixels is None or not scan.bad_pixels.any():
         return scan.counts.sum(axis=(1, 2), dtype=np.float64)
@@ -323,8 +324,8 @@ def to_photon_units(scan: ScanData, rule: str = "auto", *,
     ----------
     scan : ScanData
     rule : {"auto", "file-units", "training-beam", "bright-free-space"}
-        ``auto``: ``file-units`` when ``meta['probe_calibrated']`` is true (and
-        ``photons_per_pattern`` is not given), else ``training-beam`` when
+        ``auto``: ``file-units`` when ``meta['probe_calibrated']`` is true, else
+        ``training-beam`` when
         ``beam_power_photons`` is given, else ``bright-free-space``.
     photons_per_pattern : float, optional
         Rescale the counts first so that their mean total per pattern is this (files of
@@ -360,7 +361,7 @@ def to_photon_units(scan: ScanData, rule: str = "auto", *,
         _fail("quantile", "in (0, 1]", quantile)
     calibrated = bool(scan.meta.get("probe_calibrated"))
     if rule == "auto":
-        if calibrated and photons_per_pattern is None:
+        if calibrated:
             rule = "file-units"
         else:
             rule = "training-beam" if beam_power_photons is not None else "bright-free-space"

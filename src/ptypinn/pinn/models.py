@@ -40,7 +40,7 @@ before it was derived from the data), and the floor of :func:`derive_amplitude_m
 
 def derive_amplitude_max(probe: torch.Tensor | np.ndarray, counts: np.ndarray,
                          bad_pixels: np.ndarray | None = None, sample: int = 512) -> float:
-    """``model.amplitude_max`` from the data: ``max(1.5, 1.5 * q)``.
+    """``model.amplitude_max`` from the data: ``max(1.5, 2 q)``.
 
     ``q`` is the 99.9th percentile of the physics layer's amplitude ``|O0|``
     (:class:`~ptypinn.pinn.networks.BackPropagation`) over the probe's core (``|P|^2 >= 0.5
@@ -64,7 +64,7 @@ def derive_amplitude_max(probe: torch.Tensor | np.ndarray, counts: np.ndarray,
     i2 = physics.probe_modes(probe).abs().square().sum(0)
     core = (i2 >= 0.5 * i2.max()).expand_as(o0)
     q = float(np.quantile(o0[core].numpy(), 0.999)) if core.any() else 0.0
-    return max(AMPLITUDE_MAX_FLOOR, AMPLITUDE_MAX_FLOOR * q)
+    return max(AMPLITUDE_MAX_FLOOR, 2.0 * q)
 
 
 def merge_window(probe: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
