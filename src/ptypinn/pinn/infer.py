@@ -141,8 +141,8 @@ def bundle_mismatch(bundle: Bundle, scan: ScanData,
             out.append(f"probe shape differs from the training probe's (normalized overlap "
                        f"{overlap:.3f} < {tolerance['probe_correlation']})")
     else:
-        out.append(f"probe modes {p_scan.shape[0]} differ from the training probe's "
-                   f"{p_train.shape[0]}")
+        out.append(f"probe shape {p_scan.shape} differs from the training probe's "
+                   f"{p_train.shape}")
     trained = bundle.manifest.get("training", {}).get("photons_per_pattern")
     if trained:
         photons = float(pattern_totals(scan).mean())
@@ -162,7 +162,13 @@ def prepare_scan(bundle: Bundle, scan: ScanData, photons_per_pattern: float | No
     photon units keeps it (``file-units``); otherwise the probe gets the power of the bundle's
     training probe (``training-beam``: the same beam).  Every reason from
     :func:`bundle_mismatch` is logged as a warning.
+
+    Raises
+    ------
+    ValueError
+        Patterns of another size than the bundle's, or fewer than a group.
     """
+    _check_scan(bundle, scan)
     scan = to_photon_units(scan, photons_per_pattern=photons_per_pattern,
                            beam_power_photons=bundle_beam_power(bundle))
     for reason in bundle_mismatch(bundle, scan):
