@@ -15,7 +15,7 @@ Run (``--free-space-px M`` frames both objects with M px of free space, transmis
 the scanned area, the situation the ``bright-free-space`` rule assumes)::
 
     .venv/bin/python bench/scale.py --family lines -o runs/scale
-    .venv/bin/python bench/scale.py --family grf -o runs/scale --free-space-px 24
+    .venv/bin/python bench/scale.py --family grf -o runs/scale --free-space-px 48 --object-px 96
 
 The CLI runs in a subprocess of the same interpreter with the environment's ``PYTHONPATH``, so
 the same script measures an older checkout (``PYTHONPATH=/path/to/old/src``); ``--no-photons``
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ptypinn.config import SimulationConfig
-from ptypinn.data import ScanData, probe_power
+from ptypinn.data import ScanData
 from ptypinn.io import load_npz
 from ptypinn.metrics import evaluate
 from ptypinn.simulate import make_object, simulate_scan
@@ -44,17 +44,17 @@ def write_reference(path: Path, scan: ScanData) -> None:
     """A reference PtychoPINN NPZ: normalized amplitudes, unit-power probe, flat objectGuess."""
     n = scan.pattern_size
     norm = np.sqrt((n / 2) ** 2 / scan.photons_per_pattern)
-    probe = scan.probe / np.sqrt(probe_power(scan.probe))
+    probe = scan.probe / np.sqrt(np.sum(np.abs(scan.probe) ** 2))
     np.savez(path, diffraction=(np.sqrt(scan.counts) * norm).astype(np.float32),
              xcoords=scan.positions_px[:, 1], ycoords=scan.positions_px[:, 0],
              probeGuess=probe.astype(np.complex64),
              objectGuess=np.ones(scan.object_true.shape, dtype=np.complex64))
 
 
-def simulate_pair(family: str, free_space_px: int, photons: float, seed: int
-                  ) -> tuple[ScanData, ScanData]:
+def simulate_pair(family: str, free_space_px: int, photons: float, seed: int,
+                  object_px: int = 160) -> tuple[ScanData, ScanData]:
     """Train and test scans of two objects of ``family``, the same beam; framed by free space."""
-    cfg = SimulationConfig(object_kind=family, object_size_px=160, probe_size_px=64,
+    cfg = SimulationConfig(object_kind=family, object_size_px=object_px, probe_size_px=64,
                            probe_radius_px=16.0, scan_step_px=8.0, photons_per_pattern=photons,
                            seed=seed)
     objs = []
@@ -70,7 +70,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", choices=["lines", "grf"], default="lines")
     ap.add_argument("-o", "--output", default="runs/scale")
-    ap.add_argument("--free-space-px", type=int, default=0)
+    ap.add_argument("--free-space-px", type=int, default=0,
+                    help="free-space frame (px); > N/2 + probe radius = 48 puts the edge "
+                    "patterns wholly in free space")
+    ap.add_argument("--object-px", type=int, default=160, help="object side before the frame")
     ap.add_argument("--photons", type=float, default=1e6, help="true photons per pattern")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
@@ -81,7 +84,8 @@ def main() -> None:
 
     out = Path(args.output) / f"{args.family}-fs{args.free_space_px}{args.tag}"
     out.mkdir(parents=True, exist_ok=True)
-    train, test = simulate_pair(args.family, args.free_space_px, args.photons, args.seed)
+    train, test = simulate_pair(args.family, args.free_space_px, args.photons, args.seed,
+                                args.object_px)
     write_reference(out / "ref_train.npz", train)
     write_reference(out / "ref_test.npz", test)
     ppp = [] if args.no_photons else ["--photons-per-pattern"]

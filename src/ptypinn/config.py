@@ -216,7 +216,7 @@ class ModelConfig:
     amplitude_max : float or None
         Upper bound of the predicted amplitude (transmission).  None (the default): derived from
         the training data when training starts (:func:`ptypinn.pinn.models.derive_amplitude_max`:
-        ``max(1.5, 1.5 x`` the 99.9th percentile of the physics layer's amplitude inside the
+        ``max(1.5, 2 x`` the 99.9th percentile of the physics layer's amplitude inside the
         probe``)``) and stored, resolved, in the bundle's config.
     trainable_intensity_scale : bool
         Learn one scalar factor on the predicted counts.
