@@ -143,7 +143,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         The test scan.  A probe that is not in photon units is brought there first, by the rule
         every command uses (:func:`ptypinn.pinn.infer.prepare_scan` with the first bundle, else
         :func:`ptypinn.data.to_photon_units`), so every arm sees the same probe; a bundle whose
-        training beam or flux differs from the scan's is warned about.
+        training beam or flux differs from the scan's is then warned about.
     pinn, baseline : Bundle or path, optional
         Bundles (in memory, or bundle/run directories) whose ``model.kind`` is ``pinn`` /
         ``baseline``.
@@ -186,9 +186,8 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         if not ok:
             raise ValueError(f"ptychi: expected an importable pty-chi, got: {why}")
 
-    scan = to_photon_units(scan) if not networks else scan
-    for _, _, bundle in networks:
-        scan = prepare_scan(bundle, scan)  # converts with the first, warns for every bundle
+    if not scan.meta.get("probe_calibrated"):  # (the CLI has converted and warned already)
+        scan = prepare_scan(networks[0][2], scan) if networks else to_photon_units(scan)
     # what a network arm with this crop covers: the scored region of the iterative arms
     footprint = (footprint_mask(scan, infer_cfg.crop_px)
                  if ptychi is not None or refine is not None else None)
