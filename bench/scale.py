@@ -2,8 +2,8 @@
 
 A new user's workflow: simulate a training and a test scan (different objects, the same beam),
 write both in the reference NPZ format as PtychoPINN does -- amplitudes normalized so that a
-pattern holds ``(N/2)^2`` on average, the probe at unit power (``sum |P|^2 = 1``) (not in photon units),
-a flat ``objectGuess`` for the frame -- then, with the command line::
+pattern holds ``(N/2)^2`` on average, the probe at unit power ``sum |P|^2 = 1`` (not in photon
+units), a flat ``objectGuess`` for the frame -- then, with the command line::
 
     ptypinn train --train ref_train.npz -o RUN --measurement amplitude [--photons-per-pattern P] ...
     ptypinn infer RUN --scan ref_test.npz -o RUN/test --measurement amplitude [--photons-per-pattern P]
@@ -18,8 +18,9 @@ the scanned area, the situation the ``bright-free-space`` rule assumes)::
     .venv/bin/python bench/scale.py --family grf -o runs/scale --free-space-px 48 --object-px 96
 
 The CLI runs in a subprocess of the same interpreter with the environment's ``PYTHONPATH``, so
-the same script measures an older checkout (``PYTHONPATH=/path/to/old/src``); ``--no-photons``
-leaves out ``--photons-per-pattern`` (an older checkout has no such option).
+the same script measures an older checkout (``PYTHONPATH=/path/to/old/src ... --no-photons
+--tag=-before``); ``--no-photons`` leaves out ``--photons-per-pattern`` (an older checkout has no
+such option).  Numbers: ``docs/benchmarks.md``, "Absolute scale".
 """
 
 from __future__ import annotations
