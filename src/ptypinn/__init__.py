@@ -24,6 +24,7 @@ _API = {
     "to_dict": "ptypinn.config",
     "ScanData": "ptypinn.data",
     "calibrate_probe": "ptypinn.data",
+    "to_photon_units": "ptypinn.data",
     # simulation, metrics
     "simulate_scan": "ptypinn.simulate",
     "simulate_train_test": "ptypinn.simulate",
@@ -48,6 +49,8 @@ _API = {
     "TrainingDiverged": "ptypinn.pinn",
     "reconstruct": "ptypinn.pinn.infer",
     "Reconstruction": "ptypinn.pinn.infer",
+    "prepare_scan": "ptypinn.pinn.infer",
+    "bundle_mismatch": "ptypinn.pinn.infer",
     "write_outputs": "ptypinn.workflows.outputs",
     # the iterative baseline
     "reconstruct_ptychi": "ptypinn.baselines.ptychi",
@@ -74,7 +77,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
     from ptypinn.baselines.ptychi import reconstruct_ptychi
     from ptypinn.config import Config, ConfigError, to_dict
-    from ptypinn.data import ScanData, calibrate_probe
+    from ptypinn.data import ScanData, calibrate_probe, to_photon_units
     from ptypinn.io import load_config, read_scan, write_scan
     from ptypinn.metrics import evaluate
     from ptypinn.physics import data_nll
@@ -82,14 +85,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
     from ptypinn.refinement import RefineResult, refine
     from ptypinn.pinn import TrainingDiverged
     from ptypinn.pinn.bundle import Bundle, load_bundle, save_bundle
-    from ptypinn.pinn.infer import Reconstruction, reconstruct
+    from ptypinn.pinn.infer import Reconstruction, bundle_mismatch, prepare_scan, reconstruct
     from ptypinn.workflows.outputs import write_outputs
-<<<<<<< HEAD
-    from ptypinn.pinn.train import TrainResult, check_training, train_model
-=======
     from ptypinn.workflows.refine import refine_scan
-    from ptypinn.pinn.train import TrainResult, train_model
->>>>>>> main
+    from ptypinn.pinn.train import TrainResult, check_training, train_model
     from ptypinn.simulate import simulate_scan, simulate_train_test
     from ptypinn.workflows.compare import compare, run_arms
     from ptypinn.workflows.studies import run_study

@@ -73,8 +73,22 @@ def _write_config(out_dir: Path, cfg: Any, name: str = "config.resolved.yaml") -
     io.write_yaml(out_dir / name, ptypinn.to_dict(cfg))
 
 
-def _read_scan(path: str, measurement: str | None = None):
-    return ptypinn.read_scan(path, measurement=measurement)
+def _read_scan(path: str, measurement: str | None = None,
+               photons_per_pattern: float | None = None, bundle: Any = None):
+    """Read a scan and bring it to photon units by the one rule of every command
+    (``data.to_photon_units``; with a bundle, ``pinn.infer.prepare_scan``, which also warns when
+    the bundle's training beam or flux does not match the scan)."""
+    scan = ptypinn.read_scan(path, measurement=measurement)
+    if bundle is not None:
+        return ptypinn.prepare_scan(bundle, scan, photons_per_pattern)
+    return ptypinn.to_photon_units(scan, photons_per_pattern=photons_per_pattern)
+
+
+def _add_scale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--photons-per-pattern", type=float, default=None, metavar="N",
+                   help="rescale the counts to N photons per pattern on average (files of "
+                   "normalized amplitudes, e.g. reference PtychoPINN NPZ: the Poisson weighting "
+                   "needs photon counts); > 0")
 
 
 def _with_flags(cfg: Any, section: str, **flags: Any) -> Any:
@@ -300,7 +314,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = _guard_output(args.output, [args.train, *_config_inputs(args, cfg)],
                         existing_ok=args.resume or args.overwrite or _secondary_rank(),
                         hint=_EXISTING_RUN)
-    scan = _read_scan(args.train, args.measurement)
+    scan = _read_scan(args.train, args.measurement, args.photons_per_pattern)
     ptypinn.check_training(cfg, scan, out, resume=args.resume)
     _log_to_file(out)
     from ptypinn import io
@@ -346,7 +360,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
                         existing_ok=args.overwrite)
     _check_devices(cfg, ("infer", "refine"))
     bundle = ptypinn.load_bundle(args.run)
-    scan = _read_scan(args.scan, args.measurement)
+    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern, bundle)
     formats = _formats(args, scan)
     recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress())
     refined = _refine_pinn(recon, scan, cfg)
@@ -365,7 +379,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     out = _guard_output(args.output, [args.scan, *_config_inputs(args, cfg)],
                         existing_ok=args.overwrite or _secondary_rank())
     _check_devices(cfg, ("infer", "refine"))
-    scan = ptypinn.calibrate_probe(_read_scan(args.scan, args.measurement))
+    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern)
     formats = _formats(args, scan)
     ptypinn.check_training(cfg, scan, out / "run")
     _log_to_file(out)
@@ -393,7 +407,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = _guard_output(args.output, [args.scan, args.pinn, args.baseline,
                                       *_config_inputs(args, cfg)], existing_ok=args.overwrite)
     _check_devices(cfg, ("infer", "refine") + (("iterative",) if ptychi else ()))
-    scan = _read_scan(args.scan, args.measurement)
+    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern,
+                      ptypinn.load_bundle(args.pinn) if args.pinn else None)
     formats = _formats(args, scan)
     arms = run_arms(scan, pinn=args.pinn, baseline=args.baseline, ptychi=ptychi,
                     infer_cfg=cfg.infer, refine=cfg.refine if cfg.refine.epochs > 0 else None,
@@ -493,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true",
                    help="train afresh into an existing run directory, replacing its bundle")
     t.add_argument("--measurement", **measurement)
+    _add_scale(t)
     t.set_defaults(func=cmd_train)
 
     i = sub.add_parser("infer", help="reconstruct a scan with a trained bundle")
@@ -503,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--overwrite", action="store_true",
                    help="write into an existing output directory, replacing its files")
     i.add_argument("--measurement", **measurement)
+    _add_scale(i)
     _add_refine(i)
     _add_format(i)
     i.set_defaults(func=cmd_infer)
@@ -514,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true",
                    help="write into an existing output directory, replacing its files")
     r.add_argument("--measurement", **measurement)
+    _add_scale(r)
     _add_refine(r)
     _add_format(r)
     r.set_defaults(func=cmd_reconstruct)
@@ -536,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true",
                    help="write into an existing output directory, replacing its files")
     c.add_argument("--measurement", **measurement)
+    _add_scale(c)
     _add_refine(c)
     _add_format(c, "every arm's reconstruction (under OUTPUT/arms/; npz is always written)")
     c.set_defaults(func=cmd_compare)

@@ -226,8 +226,11 @@ class ModelConfig:
         Channels of the first U-Net level (level k has ``width * 2**k``).
     depth : int
         Down-sampling levels of the U-Net (1-5; N must be divisible by 2**depth).
-    amplitude_max : float
-        Upper bound of the predicted amplitude (transmission).
+    amplitude_max : float or None
+        Upper bound of the predicted amplitude (transmission).  None (the default): derived from
+        the training data when training starts (:func:`ptypinn.pinn.models.derive_amplitude_max`:
+        ``max(1.5, 2 x`` the 99.9th percentile of the physics layer's amplitude inside the
+        probe``)``) and stored, resolved, in the bundle's config.
     trainable_intensity_scale : bool
         Learn one scalar factor on the predicted counts.
     tv_weight : float
@@ -240,7 +243,7 @@ class ModelConfig:
     generator: Literal["unet"] = "unet"
     width: int = 32
     depth: int = 3
-    amplitude_max: float = 1.5
+    amplitude_max: float | None = None
     trainable_intensity_scale: bool = False
     tv_weight: float = 0.0
     poisson_eps: float = 1e-6
@@ -251,7 +254,10 @@ class ModelConfig:
         require(self.generator == "unet", f"{s}.generator", "'unet'", self.generator)
         require(self.width >= 4, f"{s}.width", ">= 4", self.width)
         require(1 <= self.depth <= 5, f"{s}.depth", "in [1, 5]", self.depth)
-        require(self.amplitude_max > 0, f"{s}.amplitude_max", "> 0", self.amplitude_max)
+        require(self.amplitude_max is None or (math.isfinite(self.amplitude_max)
+                                               and self.amplitude_max > 0),
+                f"{s}.amplitude_max", "None (from the data) or a finite number > 0",
+                self.amplitude_max)
         require(self.tv_weight >= 0, f"{s}.tv_weight", ">= 0", self.tv_weight)
         require(self.poisson_eps >= 1e-12, f"{s}.poisson_eps", ">= 1e-12", self.poisson_eps)
 

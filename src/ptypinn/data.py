@@ -5,9 +5,27 @@ The absolute scale (see ``docs/conventions.md``)
 Diffraction data are photon counts ``n``.  Predicted counts are ``|F(P * O)|^2`` with the probe
 ``P`` in photon units, so the object ``O`` is an absolute transmission: the scale of the object
 is fixed by the probe's photon calibration and nothing else.  The simulator writes probes in
-photon units; probes read from files are calibrated by :func:`calibrate_probe`.  Networks take
+photon units; probes read from files are brought there by :func:`to_photon_units`.  Networks take
 the counts themselves (their fixed physics layer back-propagates ``sqrt(n)`` with that probe), so
 there is no separate dataset normalization scalar to keep in step.
+
+Every command brings a scan to photon units with one function, :func:`to_photon_units`, and one
+of three explicit rules (:data:`SCALE_RULES`; ``"auto"`` picks one, see there):
+
+* ``file-units``: the file already holds photon counts and a probe in photon units (our NPZ and
+  CXI files written by ptypinn, every simulated scan: ``meta['probe_calibrated']``);
+* ``training-beam``: a trained bundle is applied to a scan taken with the same beam, so the probe
+  gets the power (photons per pattern in free space) of the bundle's training probe;
+* ``bright-free-space``: nothing in the file fixes the scale, so it comes from the data: the
+  brightest patterns (quantile :data:`BRIGHT_QUANTILE` of the total counts per pattern) are
+  assumed to be taken through free space, intensity transmission 1.  This is an assumption:
+  when no pattern sees free space the object comes out brighter by ``1/sqrt(T)``, ``T`` the
+  true transmission of the brightest patterns (the scale ambiguity ``P -> c P, O -> O / c``
+  of the forward model is exact; no rule can avoid an assumption).
+
+Reference PtychoPINN NPZ files hold *normalized* amplitudes, not photon counts; with
+``photons_per_pattern`` the counts are first rescaled to that mean total, so that the Poisson
+weighting of the likelihood is right.
 """
 
 from __future__ import annotations
@@ -24,7 +42,8 @@ import numpy as np
 from ptypinn.physics import canvas_shape_px, window_starts
 
 __all__ = ["ScanData", "window_starts", "window_outside", "FRAME_MARGIN_PX", "frame_shift_px",
-           "calibrate_probe"]
+           "calibrate_probe", "SCALE_RULES", "BRIGHT_QUANTILE", "probe_power", "pattern_totals",
+           "bright_transmission", "to_photon_units"]
 
 log = logging.getLogger(__name__)
 
@@ -245,3 +264,136 @@ def calibrate_probe(scan: ScanData, mean_transmission: float = 1.0) -> ScanData:
              power, power * factor**2, factor)
     meta = dict(scan.meta, probe_calibrated=True, probe_calibration_factor=factor)
     return scan.replace(probe=(scan.probe * factor).astype(np.complex64), meta=meta)
+
+
+SCALE_RULES: tuple[str, ...] = ("file-units", "training-beam", "bright-free-space")
+"""The rules of :func:`to_photon_units` (``"auto"`` chooses among them)."""
+
+BRIGHT_QUANTILE = 0.98
+"""Quantile of the total counts per pattern taken as "the bright patterns" (robust to a few
+outliers such as cosmic rays, while a scan with a few percent of its patterns in free space
+still reaches it)."""
+
+
+def probe_power(probe: np.ndarray) -> float:
+    """``sum |P|^2`` over all modes (photons per pattern through free space, in photon units)."""
+    return float(np.sum(np.abs(np.asarray(probe)) ** 2, dtype=np.float64))
+
+
+def pattern_totals(scan: ScanData) -> np.ndarray:
+    """Total counts per pattern, ``(n,)`` float64, with bad pixels filled in.
+
+    Bad pixels (``scan.bad_pixels``) are left out and the sum is divided by the fraction of the
+    probe's own far-field intensity that falls on good pixels, so hot or dead pixels neither
+    raise nor lower the totals.  The correction is approximate where the object scatters much
+    of the beam away from a masked region (a masked bright centre: the totals come out high).
+    """
+    if scan.bad_pixels is None or not scan.bad_pixels.any():
+        return scan.counts.sum(axis=(1, 2), dtype=np.float64)
+    good = ~scan.bad_pixels
+    far = np.abs(np.fft.fftshift(np.fft.fft2(scan.probe_modes), axes=(-2, -1))) ** 2
+    far = far.sum(axis=0, dtype=np.float64)
+    fraction = float(far[good].sum() / far.sum())
+    if fraction < 1e-3:
+        _fail("bad_pixels", "a mask that leaves some of the beam on the detector",
+              f"{fraction:.2g} of the probe's far field on good pixels")
+    return (scan.counts * good).sum(axis=(1, 2), dtype=np.float64) / fraction
+
+
+def bright_transmission(scan: ScanData, quantile: float = BRIGHT_QUANTILE) -> float:
+    """Intensity transmission of the bright patterns under the scan's probe as it is:
+    ``quantile(totals) / probe_power``; 1 after the ``bright-free-space`` rule, and below 1 for
+    a probe in photon units whose brightest patterns do not see free space."""
+    return float(np.quantile(pattern_totals(scan), quantile)) / probe_power(scan.probe)
+
+
+def _check_positive(name: str, value: float | None) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                  and math.isfinite(value) and value > 0):
+        _fail(name, "a finite number > 0", value)
+
+
+def to_photon_units(scan: ScanData, rule: str = "auto", *,
+                    photons_per_pattern: float | None = None,
+                    beam_power_photons: float | None = None,
+                    quantile: float = BRIGHT_QUANTILE,
+                    transmission: float = 1.0) -> ScanData:
+    """The scan with counts and probe in photon units, by one explicit rule (module docstring).
+
+    Parameters
+    ----------
+    scan : ScanData
+    rule : {"auto", "file-units", "training-beam", "bright-free-space"}
+        ``auto``: ``file-units`` when ``meta['probe_calibrated']`` is true, else
+        ``training-beam`` when
+        ``beam_power_photons`` is given, else ``bright-free-space``.
+    photons_per_pattern : float, optional
+        Rescale the counts first so that their mean total per pattern is this (files of
+        normalized amplitudes, e.g. reference PtychoPINN NPZ); the probe is rescaled with them.
+        Must be finite and > 0.
+    beam_power_photons : float, optional
+        ``sum |P|^2`` of the training probe (photons per pattern through free space), for
+        ``training-beam`` (:func:`ptypinn.pinn.infer.prepare_scan` passes the bundle's).
+    quantile : float
+        Quantile of :func:`pattern_totals` taken as the bright patterns (``bright-free-space``).
+    transmission : float
+        Assumed intensity transmission of those bright patterns (``bright-free-space``; 1 =
+        free space).
+
+    Returns
+    -------
+    ScanData
+        Probe in photon units; ``meta`` records ``probe_calibrated``, ``scale_rule``,
+        ``probe_power_photons``, ``probe_calibration_factor`` (amplitude factor applied to the
+        probe) and ``counts_scale`` (factor applied to the counts, 1 if none).  A scan that is
+        already calibrated by the same rule is returned unchanged.
+
+    Raises
+    ------
+    ValueError
+        An unknown rule, a non-positive or non-finite number, ``training-beam`` without a beam
+        power, or a scan without counts.
+    """
+    _check_positive("photons_per_pattern", photons_per_pattern)
+    _check_positive("beam_power_photons", beam_power_photons)
+    _check_positive("transmission", transmission)
+    if not 0 < quantile <= 1:
+        _fail("quantile", "in (0, 1]", quantile)
+    calibrated = bool(scan.meta.get("probe_calibrated"))
+    if rule == "auto":
+        if calibrated:
+            rule = "file-units"
+        else:
+            rule = "training-beam" if beam_power_photons is not None else "bright-free-space"
+    if rule not in SCALE_RULES:
+        _fail("scale rule", f"'auto' or one of {SCALE_RULES}", rule)
+    if rule == "training-beam" and beam_power_photons is None:
+        _fail("beam_power_photons", "the training probe's power for rule 'training-beam'", None)
+    if rule == "file-units" and photons_per_pattern is None and calibrated:
+        return scan
+
+    counts, probe, counts_scale = scan.counts, scan.probe, 1.0
+    if photons_per_pattern is not None:
+        total = float(pattern_totals(scan).mean())
+        if not total > 0:
+            _fail("counts", "some photons to rescale to photons_per_pattern", "all zeros")
+        counts_scale = photons_per_pattern / total
+        counts = (counts * counts_scale).astype(np.float32)
+        probe = (probe * math.sqrt(counts_scale)).astype(np.complex64)  # the pair stays consistent
+    rescaled = scan.replace(counts=counts, probe=probe)
+    power = probe_power(probe)
+    if rule == "file-units":
+        target = power
+    elif rule == "training-beam":
+        target = float(beam_power_photons)  # type: ignore[arg-type]
+    else:
+        target = float(np.quantile(pattern_totals(rescaled), quantile)) / transmission
+        if not target > 0:
+            _fail("counts", "bright patterns with photons (rule 'bright-free-space')",
+                  f"the {quantile} quantile of the totals is 0")
+    factor = math.sqrt(target / power)
+    log.info("scale rule %s: probe |P|^2 sum %.4g -> %.4g photons (x%.4g amplitude), counts "
+             "x%.4g", rule, power, target, factor, counts_scale)
+    meta = dict(scan.meta, probe_calibrated=True, scale_rule=rule, probe_power_photons=target,
+                probe_calibration_factor=factor, counts_scale=counts_scale)
+    return rescaled.replace(probe=(probe * factor).astype(np.complex64), meta=meta)

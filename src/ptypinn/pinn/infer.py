@@ -32,14 +32,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ptypinn.config import InferConfig
-from ptypinn.data import ScanData
+from ptypinn.data import ScanData, pattern_totals, probe_power, to_photon_units
 from ptypinn.grouping import group_patterns
 from ptypinn.metrics import assert_not_degenerate
 from ptypinn.physics import data_nll
 from ptypinn.pinn.bundle import Bundle
 from ptypinn.stitch import Stitcher, default_crop_px, synchronize_phases
 
-__all__ = ["Reconstruction", "resolve_device", "phase_sync_reg", "reconstruct"]
+__all__ = ["Reconstruction", "resolve_device", "phase_sync_reg", "reconstruct",
+           "MISMATCH_TOLERANCE", "bundle_beam_power", "bundle_mismatch", "prepare_scan"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,78 @@ def phase_sync_reg(cfg: InferConfig, group_size: int) -> float:
     return 0.0 if group_size > 1 else 0.01
 
 
+MISMATCH_TOLERANCE = {"probe_power": 0.25, "photons_per_pattern": 1.0, "probe_correlation": 0.9}
+"""When :func:`bundle_mismatch` warns: the scan's probe power (photons per pattern through free
+space) differs from the training probe's by more than 25 %; its photons per pattern differ from
+the training scan's by more than a factor 2 (wider, since another object transmits
+differently under the same beam); or the normalized overlap ``|<P_train, P_scan>| / (|P_train|
+|P_scan|)`` of the two probes is below 0.9."""
+
+
+def bundle_beam_power(bundle: Bundle) -> float:
+    """``sum |P|^2`` of the bundle's probe: the training beam's photons per pattern through free
+    space (photon units)."""
+    return probe_power(bundle.model.probe.detach().cpu().numpy())
+
+
+def bundle_mismatch(bundle: Bundle, scan: ScanData,
+                    tolerance: dict[str, float] = MISMATCH_TOLERANCE) -> list[str]:
+    """Reasons why ``bundle`` may not fit ``scan`` (its beam or flux), one line each; empty when
+    it fits within ``tolerance`` (:data:`MISMATCH_TOLERANCE`).
+
+    Parameters
+    ----------
+    bundle : Bundle
+    scan : ScanData, in photon units (:func:`prepare_scan`).
+    """
+    out = []
+    p_train = bundle.model.probe.detach().cpu().numpy()
+    p_scan = scan.probe_modes
+    power_train, power_scan = probe_power(p_train), probe_power(p_scan)
+    if abs(power_scan / power_train - 1) > tolerance["probe_power"]:
+        out.append(f"probe power {power_scan:.4g} photons differs from the training probe's "
+                   f"{power_train:.4g} by more than {tolerance['probe_power']:.0%}")
+    if p_train.shape == p_scan.shape:
+        overlap = abs(np.vdot(p_train, p_scan)) / math.sqrt(power_train * power_scan)
+        if overlap < tolerance["probe_correlation"]:
+            out.append(f"probe shape differs from the training probe's (normalized overlap "
+                       f"{overlap:.3f} < {tolerance['probe_correlation']})")
+    else:
+        out.append(f"probe shape {p_scan.shape} differs from the training probe's "
+                   f"{p_train.shape}")
+    trained = bundle.manifest.get("training", {}).get("photons_per_pattern")
+    if trained:
+        photons = float(pattern_totals(scan).mean())
+        ratio = photons / float(trained)
+        if not ratio > 0 or abs(math.log(ratio)) > math.log1p(tolerance["photons_per_pattern"]):
+            out.append(f"photons per pattern {photons:.4g} differ from the "
+                       f"training scan's {float(trained):.4g} by more than a factor "
+                       f"{1 + tolerance['photons_per_pattern']:g}")
+    return out
+
+
+def prepare_scan(bundle: Bundle, scan: ScanData, photons_per_pattern: float | None = None
+                 ) -> ScanData:
+    """``scan`` in photon units for ``bundle``, with a warning when the two do not match.
+
+    The rule (:func:`ptypinn.data.to_photon_units`, ``auto``): a scan whose probe is already in
+    photon units keeps it (``file-units``); otherwise the probe gets the power of the bundle's
+    training probe (``training-beam``: the same beam).  Every reason from
+    :func:`bundle_mismatch` is logged as a warning.
+
+    Raises
+    ------
+    ValueError
+        Patterns of another size than the bundle's, or fewer than a group.
+    """
+    _check_scan(bundle, scan)
+    scan = to_photon_units(scan, photons_per_pattern=photons_per_pattern,
+                           beam_power_photons=bundle_beam_power(bundle))
+    for reason in bundle_mismatch(bundle, scan):
+        log.warning("bundle applied to a scan it was not trained for: %s", reason)
+    return scan
+
+
 def _check_scan(bundle: Bundle, scan: ScanData) -> None:
     if scan.pattern_size != bundle.pattern_size:
         raise ValueError(f"scan: expected {bundle.pattern_size}x{bundle.pattern_size} patterns "
@@ -117,6 +190,9 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig,
                 progress: bool = False) -> Reconstruction:
     """Run the bundle's model over ``scan`` and stitch the result.
 
+    The scan's bad pixels are zeroed in the network input and left out of the data NLL.  A scan
+    whose probe is not in photon units is brought there by :func:`prepare_scan` first (callers
+    that keep the scan for other uses, e.g. the data NLL of another arm, call it themselves).
     ``progress`` shows a progress bar of the patterns on stderr (the command line turns it on
     only on a terminal).
 
@@ -127,6 +203,8 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig,
         names the amplitude statistics and the training and test photons per pattern).
     """
     _check_scan(bundle, scan)
+    if not scan.meta.get("probe_calibrated"):
+        scan = prepare_scan(bundle, scan)
     device = resolve_device(cfg.device)
     model = bundle.model.to(device).eval()
     n = scan.pattern_size
@@ -138,6 +216,8 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig,
     counts = torch.from_numpy(scan.counts)
     indices = torch.from_numpy(np.asarray(groups.indices, dtype=np.int64))
     offsets = torch.from_numpy(np.asarray(groups.offsets_px, dtype=np.float32))
+    bad = (torch.from_numpy(scan.bad_pixels).to(device)
+           if scan.bad_pixels is not None and scan.bad_pixels.any() else None)
 
     def seed_patches(rows: np.ndarray) -> torch.Tensor:
         """Seed patches ``(len(rows), N, N)`` complex64 of the groups seeded by ``rows``."""
@@ -145,6 +225,8 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig,
         for start in range(0, len(rows), cfg.batch_size):
             sel = torch.as_tensor(rows[start:start + cfg.batch_size], dtype=torch.int64)
             batch = counts[indices[sel]].to(device, non_blocking=True)
+            if bad is not None:
+                batch = batch.masked_fill(bad, 0.0)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision):
                 patches = model(batch, offsets[sel].to(device))
             out.append(patches[:, 0].to(torch.complex64))

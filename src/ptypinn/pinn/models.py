@@ -22,14 +22,50 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
 from ptypinn import physics
 from ptypinn.config import ModelConfig
-from ptypinn.pinn.networks import build_generator
+from ptypinn.pinn.networks import BackPropagation, build_generator
 
-__all__ = ["merge_window", "overlap_constraint", "PINN", "SupervisedBaseline", "build_model"]
+__all__ = ["merge_window", "overlap_constraint", "PINN", "SupervisedBaseline", "build_model",
+           "AMPLITUDE_MAX_FLOOR", "derive_amplitude_max"]
+
+AMPLITUDE_MAX_FLOOR = 1.5
+"""The amplitude cap of a scan in photon units whose object transmits at most 1 (the fixed cap
+before it was derived from the data), and the floor of :func:`derive_amplitude_max`."""
+
+
+def derive_amplitude_max(probe: torch.Tensor | np.ndarray, counts: np.ndarray,
+                         bad_pixels: np.ndarray | None = None, sample: int = 512) -> float:
+    """``model.amplitude_max`` from the data: ``max(1.5, 2 q)``.
+
+    ``q`` is the 99.9th percentile of the physics layer's amplitude ``|O0|``
+    (:class:`~ptypinn.pinn.networks.BackPropagation`) over the probe's core (``|P|^2 >= 0.5
+    max``) for up to ``sample`` evenly spaced patterns; ``|O0|`` smooths the object's peaks
+    (measured: q ~ 0.7 of the true peak on "lines"), hence the factor 2.  For the simulated
+    "lines" scans in photon units this is the old fixed cap 1.5; a brighter object (or a scale
+    that the data fix above 1) raises it, so the network's output does not saturate.
+
+    Parameters
+    ----------
+    probe : complex ``(H, W)`` or ``(M, H, W)`` in photon units.
+    counts : float ``(n, H, W)`` photon counts.
+    bad_pixels : bool ``(H, W)``, optional; zeroed, as in the network input.
+    """
+    probe = torch.as_tensor(probe)
+    pick = np.unique(np.linspace(0, counts.shape[0] - 1, min(sample, counts.shape[0])).astype(int))
+    c = torch.from_numpy(np.asarray(counts[pick], dtype=np.float32))
+    if bad_pixels is not None:
+        c = c.masked_fill(torch.from_numpy(np.asarray(bad_pixels, dtype=bool)), 0.0)
+    with torch.no_grad():
+        o0 = BackPropagation(probe)(c[:, None])[:, 0].abs()
+    i2 = physics.probe_modes(probe).abs().square().sum(0)
+    core = (i2 >= 0.5 * i2.max()).expand_as(o0)
+    q = float(np.quantile(o0[core].numpy(), 0.999)) if core.any() else 0.0
+    return max(AMPLITUDE_MAX_FLOOR, 2.0 * q)
 
 
 def merge_window(probe: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
@@ -113,11 +149,21 @@ class PINN(_PatchModel):
         return physics.predicted_intensity(self.probe, patches) * self.log_intensity_scale.exp()
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Poisson NLL per pixel (minus the saturated model's) averaged over patterns, + TV."""
+        """Poisson NLL per pixel (minus the saturated model's) averaged over patterns, + TV.
+
+        ``batch``: ``counts`` ``(B, C, H, W)`` (bad pixels already zeroed), ``offsets_px``, and
+        optionally ``bad_pixels`` bool ``(B, H, W)`` (one scan's mask, the same in every item):
+        those pixels are left out of the likelihood.
+        """
         counts = batch["counts"]
+        bad = batch.get("bad_pixels")
+        if bad is not None:
+            bad = bad.reshape(-1, *bad.shape[-2:])[0]
+            counts = counts.masked_fill(bad, 0.0)
         patches = self(counts, batch["offsets_px"])
         pred = self.predicted_counts(patches)
-        data_term = physics.excess_nll_per_pixel(pred, counts, self.cfg.poisson_eps).mean().float()
+        data_term = physics.excess_nll_per_pixel(pred, counts, self.cfg.poisson_eps,
+                                                 bad).mean().float()
         logs = {"nll": data_term.detach()}
         loss = data_term
         if self.cfg.tv_weight > 0:
@@ -157,11 +203,13 @@ def build_model(cfg: ModelConfig, probe: torch.Tensor, group_size: int) -> nn.Mo
     Parameters
     ----------
     cfg : ModelConfig
+        ``amplitude_max`` None means :data:`AMPLITUDE_MAX_FLOOR` here; :func:`train_model
+        <ptypinn.pinn.train.train_model>` resolves it from the data first.
     probe : complex ``(H, W)`` or ``(M, H, W)`` in photon units.
     group_size : int; C = ``grouping.gridsize ** 2``.
     """
     probe = torch.as_tensor(probe)
-    gen = build_generator(cfg.generator, group_size, cfg.width, cfg.depth, cfg.amplitude_max,
-                          probe)
+    amplitude_max = AMPLITUDE_MAX_FLOOR if cfg.amplitude_max is None else cfg.amplitude_max
+    gen = build_generator(cfg.generator, group_size, cfg.width, cfg.depth, amplitude_max, probe)
     cls = PINN if cfg.kind == "pinn" else SupervisedBaseline
     return cls(gen, probe, cfg)

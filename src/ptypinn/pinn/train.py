@@ -15,6 +15,7 @@ identical weights, and the bundle: returned in memory
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -30,11 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ptypinn import io, physics
 from ptypinn.config import Config
-from ptypinn.data import ScanData
+from ptypinn.data import ScanData, pattern_totals, probe_power, to_photon_units
 from ptypinn.grouping import Groups, group_patterns
 from ptypinn.pinn import TrainingDiverged
 from ptypinn.pinn.bundle import Bundle, save_bundle
-from ptypinn.pinn.models import build_model
+from ptypinn.pinn.models import build_model, derive_amplitude_max
 
 __all__ = ["TrainingDiverged", "GroupDataset", "LitPtycho", "TrainResult", "train_model",
            "split_groups", "check_training", "DIVERGENCE_FACTOR"]
@@ -48,8 +49,9 @@ DIVERGENCE_FACTOR = 100.0
 class GroupDataset(Dataset):
     """Groups of patterns as training samples (data stay on the CPU; batches are streamed).
 
-    Items are dicts: ``counts`` (C,H,W) float32, ``offsets_px`` (C,2) float32, and ``truth``
-    (C,H,W) complex64 when ``with_truth``.
+    Items are dicts: ``counts`` (C,H,W) float32 with the scan's bad pixels zeroed (the network
+    input), ``offsets_px`` (C,2) float32, ``bad_pixels`` (H,W) bool when the scan has a mask (the
+    loss leaves those pixels out), and ``truth`` (C,H,W) complex64 when ``with_truth``.
     """
 
     def __init__(self, scan: ScanData, groups: Groups, with_truth: bool = False):
@@ -62,6 +64,8 @@ class GroupDataset(Dataset):
         self.size = scan.pattern_size
         self.obj = torch.from_numpy(scan.object_true) if with_truth else None
         self.positions = torch.from_numpy(scan.positions_px)
+        self.bad = (torch.from_numpy(scan.bad_pixels)
+                    if scan.bad_pixels is not None and scan.bad_pixels.any() else None)
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -69,6 +73,9 @@ class GroupDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         idx = self.indices[i]
         item = {"counts": self.counts[idx], "offsets_px": self.offsets[i]}
+        if self.bad is not None:
+            item["counts"] = item["counts"].masked_fill(self.bad, 0.0)
+            item["bad_pixels"] = self.bad
         if self.obj is not None:
             item["truth"] = physics.extract_patches(self.obj[None], self.positions[idx][None],
                                                     self.size)[0]
@@ -248,7 +255,9 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
     cfg : Config
         Uses ``grouping``, ``model`` and ``train``.
     scan : ScanData
-        The training split, with its probe in photon units.
+        The training split.  Brought to photon units first by
+        :func:`ptypinn.data.to_photon_units` (rule ``auto``: unchanged when
+        ``meta['probe_calibrated']``, else ``bright-free-space``); the bundle keeps that probe.
     out_dir : path
         Run directory: ``checkpoints/``, ``logs/metrics.csv``, ``bundle/``.
     resume : bool
@@ -262,6 +271,11 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
     out_dir = Path(out_dir)
     with_truth = cfg.model.kind == "baseline"
     check_training(cfg, scan, out_dir, resume)
+    scan = to_photon_units(scan)
+    if cfg.model.amplitude_max is None:
+        cap = derive_amplitude_max(scan.probe, scan.counts, scan.bad_pixels)
+        log.info("model.amplitude_max from the data: %.4g", cap)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, amplitude_max=cap))
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     groups = group_patterns(scan.positions_px, cfg.grouping)
     train_groups, val_groups = split_groups(groups, scan.positions_px, cfg.train.val_fraction)
@@ -329,7 +343,9 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
         is_global_zero=trainer.is_global_zero,
     )
     training = {k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items()}
-    training["photons_per_pattern"] = scan.photons_per_pattern
+    training["photons_per_pattern"] = float(pattern_totals(scan).mean())  # bad pixels filled in
+    training["probe_power_photons"] = probe_power(scan.probe)
+    training["scale_rule"] = scan.meta.get("scale_rule", "file-units")
     bundle = Bundle.create(model, cfg, extra={"training": training})
     if trainer.is_global_zero:
         save_bundle(fields["bundle_dir"], bundle)

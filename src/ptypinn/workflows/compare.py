@@ -54,10 +54,10 @@ import numpy as np
 from ptypinn import io, stitch
 from ptypinn.baselines.ptychi import ptychi_available, reconstruct_ptychi
 from ptypinn.config import ARM_LABELS, InferConfig, IterativeConfig, RefineConfig, require
-from ptypinn.data import ScanData
+from ptypinn.data import ScanData, to_photon_units
 from ptypinn.physics import data_nll
 from ptypinn.pinn.bundle import Bundle, load_bundle
-from ptypinn.pinn.infer import reconstruct
+from ptypinn.pinn.infer import prepare_scan, reconstruct
 from ptypinn.metrics import align, evaluate, frc_interior, metrics_long_rows
 from ptypinn.refinement import RefineResult
 from ptypinn.workflows.outputs import file_metadata, refine_summary, write_result_files
@@ -153,7 +153,10 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
     Parameters
     ----------
     scan : ScanData
-        The test scan.
+        The test scan.  A probe that is not in photon units is brought there first, by the rule
+        every command uses (:func:`ptypinn.pinn.infer.prepare_scan` with the first bundle, else
+        :func:`ptypinn.data.to_photon_units`), so every arm sees the same probe; a bundle whose
+        training beam or flux differs from the scan's is then warned about.
     pinn, baseline : Bundle or path, optional
         Bundles (in memory, or bundle/run directories) whose ``model.kind`` is ``pinn`` /
         ``baseline``.
@@ -200,6 +203,8 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         if not ok:
             raise ValueError(f"ptychi: expected an importable pty-chi, got: {why}")
 
+    if not scan.meta.get("probe_calibrated"):  # (the CLI has converted and warned already)
+        scan = prepare_scan(networks[0][2], scan) if networks else to_photon_units(scan)
     # what a network arm with this crop covers: the scored region of the iterative arms
     footprint = (footprint_mask(scan, infer_cfg.crop_px)
                  if ptychi is not None or refine is not None else None)
