@@ -45,7 +45,7 @@ __all__ = ["ScanData", "window_starts", "window_outside", "FRAME_MARGIN_PX", "fr
            "calibrate_probe", "SCALE_RULES", "BRIGHT_QUANTILE", "probe_power", "pattern_totals",
            "bright_transmission", "to_photon_units", "check_counts", "check_scan_fields",
            "object_shape_px", "CHUNK_PATTERNS", "iter_chunks", "CountStatistics",
-           "count_statistics"]
+           "count_statistics", "ScanSummary"]
 
 log = logging.getLogger(__name__)
 
@@ -483,3 +483,30 @@ def count_statistics(chunks: Iterable[np.ndarray]) -> CountStatistics:
         _fail("counts", "at least one pattern", "0")
     return CountStatistics(shape=(n, *hw), totals=np.concatenate(totals),  # type: ignore[misc]
                            integer_valued=integer)
+
+
+@dataclass(frozen=True, eq=False)
+class ScanSummary:
+    """A scan's statistics without its patterns: every :class:`ScanData` field but the counts
+    (validated by :func:`check_scan_fields`) and the :class:`CountStatistics` of the counts."""
+
+    counts: CountStatistics
+    positions_px: np.ndarray
+    probe: np.ndarray
+    object_true: np.ndarray | None = None
+    object_guess: np.ndarray | None = None
+    bad_pixels: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def object_shape_px(self) -> tuple[int, int]:
+        return object_shape_px(self.positions_px, self.counts.shape[-1], self.object_true,
+                               self.object_guess)
+
+    @classmethod
+    def from_scan(cls, scan: ScanData, patterns: int = CHUNK_PATTERNS) -> "ScanSummary":
+        """The summary of an in-memory scan (its counts read ``patterns`` at a time)."""
+        return cls(counts=count_statistics(iter_chunks(scan.counts, patterns)),
+                   positions_px=scan.positions_px, probe=scan.probe,
+                   object_true=scan.object_true, object_guess=scan.object_guess,
+                   bad_pixels=scan.bad_pixels, meta=scan.meta)
