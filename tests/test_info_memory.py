@@ -156,3 +156,20 @@ def test_truncated_streamed_member_is_one_line(scan, tmp_path, capsys):
     assert "truncated" in lines[0]
     with pytest.raises(ValueError, match="truncated"):
         describe_path(p)
+
+
+@pytest.mark.parametrize("fmt", ["canonical", "reference"])
+def test_declared_size_over_memory_still_refused(scan, tmp_path, capsys, monkeypatch, fmt):
+    """Streaming does not bypass the check of the declared sizes against the memory."""
+    p = tmp_path / f"{fmt}.npz"
+    if fmt == "canonical":
+        _canonical(scan, p, compress=True)
+    else:
+        _reference(scan, p, compress=True, amplitude=True, label=True)
+    assert main(["info", str(p)]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("ptypinn.io.files.available_memory_bytes", lambda: 1000)
+    rc = main(["info", str(p)])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert rc == 2 and len(lines) == 1 and "memory" in lines[0] and p.name in lines[0], err
