@@ -35,7 +35,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -43,7 +43,9 @@ from ptypinn.physics import canvas_shape_px, window_starts
 
 __all__ = ["ScanData", "window_starts", "window_outside", "FRAME_MARGIN_PX", "frame_shift_px",
            "calibrate_probe", "SCALE_RULES", "BRIGHT_QUANTILE", "probe_power", "pattern_totals",
-           "bright_transmission", "to_photon_units"]
+           "bright_transmission", "to_photon_units", "check_counts", "check_scan_fields",
+           "object_shape_px", "CHUNK_PATTERNS", "iter_chunks", "CountStatistics",
+           "count_statistics", "ScanSummary"]
 
 log = logging.getLogger(__name__)
 
@@ -85,79 +87,12 @@ class ScanData:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        counts = np.asarray(self.counts)
-        if counts.ndim != 3:
-            _fail("counts", "shape (n, H, W)", tuple(counts.shape))
-        if not np.issubdtype(counts.dtype, np.number) or np.iscomplexobj(counts):
-            _fail("counts", "a real numeric array", counts.dtype)
-        counts = counts.astype(np.float32, copy=False)
-        n, h, w = counts.shape
-        if n == 0:
-            _fail("counts", "at least one pattern", "0")
-        if h != w:
-            _fail("counts", "square patterns (H == W)", f"{h}x{w}")
-        if not np.isfinite(counts).all():
-            bad = int((~np.isfinite(counts)).sum())
-            _fail("counts", "finite values", f"{bad} NaN/Inf values")
-        if counts.min() < 0:
-            _fail("counts", "values >= 0", f"minimum {float(counts.min())}")
-        set_("counts", counts)
-
-        pos = np.asarray(self.positions_px, dtype=np.float64)
-        if pos.shape != (n, 2):
-            _fail("positions_px", f"shape ({n}, 2) (one (y, x) per pattern)", tuple(pos.shape))
-        if not np.isfinite(pos).all():
-            _fail("positions_px", "finite values", "NaN/Inf")
-        set_("positions_px", pos)
-
-        probe = np.asarray(self.probe)
-        if probe.ndim not in (2, 3) or probe.shape[-2:] != (h, w):
-            _fail("probe", f"shape ({h}, {w}) or (modes, {h}, {w}) matching the patterns",
-                  tuple(probe.shape))
-        probe = probe.astype(np.complex64, copy=False)
-        if not np.isfinite(probe).all():
-            _fail("probe", "finite values", "NaN/Inf")
-        if not np.any(probe):
-            _fail("probe", "a non-zero illumination", "all zeros")
-        set_("probe", probe)
-
-        for name in ("object_true", "object_guess"):
-            obj = getattr(self, name)
-            if obj is None:
-                continue
-            obj = np.asarray(obj)
-            if obj.ndim != 2:
-                _fail(name, "shape (Hy, Wx)", tuple(obj.shape))
-            obj = obj.astype(np.complex64, copy=False)
-            if not np.isfinite(obj).all():
-                _fail(name, "finite values", "NaN/Inf")
-            set_(name, obj)
-        if (self.object_true is not None and self.object_guess is not None
-                and self.object_true.shape != self.object_guess.shape):
-            _fail("object_guess", f"shape {self.object_true.shape} (as object_true)",
-                  self.object_guess.shape)
-
-        if self.bad_pixels is not None:
-            bp = np.asarray(self.bad_pixels)
-            if bp.shape != (h, w):
-                _fail("bad_pixels", f"shape ({h}, {w})", tuple(bp.shape))
-            set_("bad_pixels", bp.astype(bool, copy=False))
-
-        meta = dict(self.meta or {})
-        try:
-            json.dumps(meta)
-        except TypeError as e:
-            _fail("meta", "JSON-serialisable scalars", str(e))
-        set_("meta", meta)
-
-        hy, wx = self.object_shape_px
-        hit = window_outside(pos, h, (hy, wx), bilinear_margin=True)
-        if hit is not None:
-            i = hit[0]
-            _fail("positions_px", f"probe windows inside the object frame {hy}x{wx} "
-                  f"(centres in [{h / 2}, {hy - h / 2}] x [{w / 2}, {wx - w / 2}])",
-                  f"pattern {i} at (y, x) = ({pos[i, 0]:.2f}, {pos[i, 1]:.2f})")
+        counts = check_counts(self.counts)
+        object.__setattr__(self, "counts", counts)
+        fields = check_scan_fields(counts.shape, self.positions_px, self.probe, self.object_true,
+                                   self.object_guess, self.bad_pixels, self.meta)
+        for k, v in fields.items():
+            object.__setattr__(self, k, v)
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -178,10 +113,8 @@ class ScanData:
     def object_shape_px(self) -> tuple[int, int]:
         """Shape of the object frame: the truth's/guess's, else the smallest canvas holding all
         windows (with one pixel of margin for sub-pixel interpolation)."""
-        for obj in (self.object_true, self.object_guess):
-            if obj is not None:
-                return int(obj.shape[0]), int(obj.shape[1])
-        return canvas_shape_px(self.positions_px, self.pattern_size)
+        return object_shape_px(self.positions_px, self.pattern_size, self.object_true,
+                               self.object_guess)
 
     @property
     def photons_per_pattern(self) -> float:
@@ -397,3 +330,183 @@ def to_photon_units(scan: ScanData, rule: str = "auto", *,
     meta = dict(scan.meta, probe_calibrated=True, scale_rule=rule, probe_power_photons=target,
                 probe_calibration_factor=factor, counts_scale=counts_scale)
     return rescaled.replace(probe=(probe * factor).astype(np.complex64), meta=meta)
+
+
+def check_counts(counts: Any) -> np.ndarray:
+    """Validate photon counts ``(n, H, W)`` (all patterns, or a chunk of them) as
+    :class:`ScanData` does, and return them as float32; ``ValueError`` names the field."""
+    counts = np.asarray(counts)
+    if counts.ndim != 3:
+        _fail("counts", "shape (n, H, W)", tuple(counts.shape))
+    if not np.issubdtype(counts.dtype, np.number) or np.iscomplexobj(counts):
+        _fail("counts", "a real numeric array", counts.dtype)
+    counts = counts.astype(np.float32, copy=False)
+    n, h, w = counts.shape
+    if n == 0:
+        _fail("counts", "at least one pattern", "0")
+    if h != w:
+        _fail("counts", "square patterns (H == W)", f"{h}x{w}")
+    if not np.isfinite(counts).all():
+        bad = int((~np.isfinite(counts)).sum())
+        _fail("counts", "finite values", f"{bad} NaN/Inf values")
+    if counts.min() < 0:
+        _fail("counts", "values >= 0", f"minimum {float(counts.min())}")
+    return counts
+
+
+def check_scan_fields(shape: tuple[int, ...], positions_px: Any, probe: Any,
+                      object_true: Any = None, object_guess: Any = None, bad_pixels: Any = None,
+                      meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate every :class:`ScanData` field but the counts, for counts of ``shape``
+    ``(n, H, W)``; return the fields converted to their documented dtypes."""
+    n, h, w = shape
+    out: dict[str, Any] = {"object_true": object_true, "object_guess": object_guess,
+                           "bad_pixels": bad_pixels}
+    set_ = out.__setitem__
+    pos = np.asarray(positions_px, dtype=np.float64)
+    if pos.shape != (n, 2):
+        _fail("positions_px", f"shape ({n}, 2) (one (y, x) per pattern)", tuple(pos.shape))
+    if not np.isfinite(pos).all():
+        _fail("positions_px", "finite values", "NaN/Inf")
+    set_("positions_px", pos)
+
+    probe = np.asarray(probe)
+    if probe.ndim not in (2, 3) or probe.shape[-2:] != (h, w):
+        _fail("probe", f"shape ({h}, {w}) or (modes, {h}, {w}) matching the patterns",
+              tuple(probe.shape))
+    probe = probe.astype(np.complex64, copy=False)
+    if not np.isfinite(probe).all():
+        _fail("probe", "finite values", "NaN/Inf")
+    if not np.any(probe):
+        _fail("probe", "a non-zero illumination", "all zeros")
+    set_("probe", probe)
+
+    for name in ("object_true", "object_guess"):
+        obj = out[name]
+        if obj is None:
+            continue
+        obj = np.asarray(obj)
+        if obj.ndim != 2:
+            _fail(name, "shape (Hy, Wx)", tuple(obj.shape))
+        obj = obj.astype(np.complex64, copy=False)
+        if not np.isfinite(obj).all():
+            _fail(name, "finite values", "NaN/Inf")
+        set_(name, obj)
+    truth, guess = out["object_true"], out["object_guess"]
+    if truth is not None and guess is not None and truth.shape != guess.shape:
+        _fail("object_guess", f"shape {truth.shape} (as object_true)", guess.shape)
+
+    if bad_pixels is not None:
+        bp = np.asarray(bad_pixels)
+        if bp.shape != (h, w):
+            _fail("bad_pixels", f"shape ({h}, {w})", tuple(bp.shape))
+        set_("bad_pixels", bp.astype(bool, copy=False))
+
+    meta = dict(meta or {})
+    try:
+        json.dumps(meta)
+    except TypeError as e:
+        _fail("meta", "JSON-serialisable scalars", str(e))
+    set_("meta", meta)
+
+    hy, wx = object_shape_px(pos, h, truth, guess)
+    hit = window_outside(pos, h, (hy, wx), bilinear_margin=True)
+    if hit is not None:
+        i = hit[0]
+        _fail("positions_px", f"probe windows inside the object frame {hy}x{wx} "
+              f"(centres in [{h / 2}, {hy - h / 2}] x [{w / 2}, {wx - w / 2}])",
+              f"pattern {i} at (y, x) = ({pos[i, 0]:.2f}, {pos[i, 1]:.2f})")
+    return out
+
+
+def object_shape_px(positions_px: np.ndarray, size: int, object_true: np.ndarray | None = None,
+                    object_guess: np.ndarray | None = None) -> tuple[int, int]:
+    """Shape of the object frame: the truth's/guess's, else the smallest canvas holding all
+    windows of ``size`` px centred at ``positions_px`` (one pixel of margin for interpolation)."""
+    for obj in (object_true, object_guess):
+        if obj is not None:
+            return int(obj.shape[0]), int(obj.shape[1])
+    return canvas_shape_px(positions_px, size)
+
+
+CHUNK_PATTERNS = 256
+INTEGER_CHECK_PATTERNS = 64
+
+
+def iter_chunks(counts: np.ndarray, patterns: int = CHUNK_PATTERNS) -> Iterator[np.ndarray]:
+    """The patterns of an in-memory ``(n, H, W)`` array, ``patterns`` at a time (views)."""
+    for start in range(0, counts.shape[0], patterns):
+        yield counts[start:start + patterns]
+
+
+@dataclass(frozen=True)
+class CountStatistics:
+    """What ``ptypinn info`` reports about the counts, gathered one chunk at a time.
+
+    Attributes
+    ----------
+    shape : ``(n, H, W)`` of all patterns
+    totals : float64 ``(n,)``, total counts (photons) of each pattern
+    integer_valued : whether the first :data:`INTEGER_CHECK_PATTERNS` patterns hold integers
+    """
+
+    shape: tuple[int, int, int]
+    totals: np.ndarray
+    integer_valued: bool
+
+    @property
+    def photons_per_pattern(self) -> float:
+        """Mean total counts per pattern (as :attr:`ScanData.photons_per_pattern`)."""
+        return float(self.totals.mean())
+
+
+def count_statistics(chunks: Iterable[np.ndarray]) -> CountStatistics:
+    """Statistics of photon counts given as consecutive chunks ``(k, H, W)`` of patterns.
+
+    Every chunk is validated as :class:`ScanData` validates its counts (:func:`check_counts`),
+    so only one chunk is in memory at a time; ``ValueError`` names the field.
+    """
+    totals: list[np.ndarray] = []
+    hw: tuple[int, int] | None = None
+    n = 0
+    integer = True
+    for chunk in chunks:
+        c = check_counts(chunk)
+        if hw is not None and c.shape[1:] != hw:
+            _fail("counts", f"patterns of one shape {hw}", c.shape[1:])
+        hw = (int(c.shape[1]), int(c.shape[2]))
+        head = c[: max(0, INTEGER_CHECK_PATTERNS - n)]
+        integer = integer and bool(np.all(head == np.round(head)))
+        totals.append(c.sum(axis=(1, 2), dtype=np.float64))
+        n += c.shape[0]
+    if hw is None:
+        _fail("counts", "at least one pattern", "0")
+    return CountStatistics(shape=(n, *hw), totals=np.concatenate(totals),  # type: ignore[misc]
+                           integer_valued=integer)
+
+
+@dataclass(frozen=True, eq=False)
+class ScanSummary:
+    """A scan's statistics without its patterns: every :class:`ScanData` field but the counts
+    (validated by :func:`check_scan_fields`) and the :class:`CountStatistics` of the counts."""
+
+    counts: CountStatistics
+    positions_px: np.ndarray
+    probe: np.ndarray
+    object_true: np.ndarray | None = None
+    object_guess: np.ndarray | None = None
+    bad_pixels: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def object_shape_px(self) -> tuple[int, int]:
+        return object_shape_px(self.positions_px, self.counts.shape[-1], self.object_true,
+                               self.object_guess)
+
+    @classmethod
+    def from_scan(cls, scan: ScanData, patterns: int = CHUNK_PATTERNS) -> "ScanSummary":
+        """The summary of an in-memory scan (its counts read ``patterns`` at a time)."""
+        return cls(counts=count_statistics(iter_chunks(scan.counts, patterns)),
+                   positions_px=scan.positions_px, probe=scan.probe,
+                   object_true=scan.object_true, object_guess=scan.object_guess,
+                   bad_pixels=scan.bad_pixels, meta=scan.meta)

@@ -58,6 +58,7 @@ from ptypinn.io.scans import (
     read_probe,
     read_reference_npz,
     read_scan,
+    read_scan_summary,
     write_scan,
 )
 
@@ -70,5 +71,6 @@ __all__ = [
     "write_text", "write_yaml", "read_tiff", "write_tiff",
     "Product", "describe_hdf5", "detect_hdf5_kind", "read_cxi", "read_product",
     "read_tike_siemens_npz_bz2", "write_cxi", "write_product",
-    "SCAN_FORMAT", "detect_format", "read_probe", "read_reference_npz", "read_scan", "write_scan",
+    "SCAN_FORMAT", "detect_format", "read_probe", "read_reference_npz", "read_scan",
+    "read_scan_summary", "write_scan",
 ]

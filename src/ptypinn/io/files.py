@@ -17,7 +17,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import yaml
@@ -43,6 +43,8 @@ __all__ = [
     "json_default",
     "npy_header",
     "load_npz",
+    "npz_member_header",
+    "iter_npz_rows",
     "load_npy",
     "save_npz",
     "write_safetensors",
@@ -302,18 +304,23 @@ def npy_header(fh: Any, where: str) -> tuple[tuple[int, ...], np.dtype]:
 
     Raises ``ValueError`` naming ``where`` for a corrupt header or an object (pickled) dtype.
     """
+    shape, dtype, _ = _npy_header_order(fh, where)
+    return shape, dtype
+
+
+def _npy_header_order(fh: Any, where: str) -> tuple[tuple[int, ...], np.dtype, bool]:
     try:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
         else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
     except (ValueError, OSError, EOFError, SyntaxError) as e:
         raise ValueError(f"{where}: not a valid NPY array header ({e})") from None
     if dtype.hasobject:
         raise ValueError(f"{where} holds pickled Python objects; refusing to load them "
                          "(allow_pickle=False)")
-    return tuple(int(n) for n in shape), dtype
+    return tuple(int(n) for n in shape), dtype, bool(fortran)
 
 
 def _npz_declared_bytes(path: Path) -> float:
@@ -330,12 +337,14 @@ def _npz_declared_bytes(path: Path) -> float:
     return total
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_npz(path: str | os.PathLike, skip: Iterable[str] = ()) -> dict[str, np.ndarray]:
     """Read every array of an NPZ (``allow_pickle=False``), with one-line errors.
 
     The headers are read first: pickled arrays are refused and the declared sizes are checked
-    against the available memory before any array is allocated.
+    against the available memory before any array is allocated.  Arrays named in ``skip`` are
+    not read (see :func:`iter_npz_rows` to stream them).
     """
+    skip = set(skip)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -344,6 +353,8 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             out = {}
             for k in z.files:
+                if k in skip:
+                    continue
                 try:
                     out[k] = z[k]
                 except ValueError as e:
@@ -358,6 +369,46 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not a readable NPZ file ({type(e).__name__}: {e})") from None
     except zipfile.error as e:  # pragma: no cover
         raise ValueError(f"{path}: corrupt NPZ ({e})") from None
+
+
+def npz_member_header(path: str | os.PathLike, key: str
+                      ) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """Shape, dtype and Fortran order that NPZ member ``key`` declares (nothing else is read)."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as fh:
+            return _npy_header_order(fh, f"{path}: key '{key}'")
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as e:
+        raise ValueError(f"{path}: key '{key}': not readable ({type(e).__name__}: {e})") from None
+
+
+def iter_npz_rows(path: str | os.PathLike, key: str, rows: int) -> Iterator[np.ndarray]:
+    """Stream NPZ member ``key`` (C order, ``ndim >= 1``) ``rows`` entries of its first axis at
+    a time, stored or deflated alike: only one chunk is ever in memory.
+
+    Raises ``ValueError`` naming the file and key for a truncated or unreadable member.
+    """
+    path = Path(path)
+    where = f"{path}: key '{key}'"
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as fh:
+            shape, dtype, fortran = _npy_header_order(fh, where)
+            if fortran and len(shape) > 1 or not shape:
+                raise ValueError(f"{where}: expected a C-ordered array with a first axis to "
+                                 f"stream, got shape {shape}, Fortran order {fortran}")
+            row_shape = shape[1:]
+            row_bytes = math.prod(row_shape) * dtype.itemsize
+            for start in range(0, shape[0], rows):
+                k = min(rows, shape[0] - start)
+                buf = fh.read(k * row_bytes)
+                if len(buf) != k * row_bytes:
+                    raise ValueError(f"{where}: truncated (declares shape {shape}, data end "
+                                     f"within row {start + len(buf) // max(row_bytes, 1)})")
+                yield np.frombuffer(buf, dtype=dtype).reshape((k, *row_shape))
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as e:
+        raise ValueError(f"{where}: not readable ({type(e).__name__}: {e})") from None
+    except zipfile.error as e:  # pragma: no cover
+        raise ValueError(f"{where}: corrupt NPZ member ({e})") from None
 
 
 def load_npy(path: str | os.PathLike) -> np.ndarray:

@@ -45,13 +45,20 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import h5py
 import numpy as np
 from scipy import constants
 
-from ptypinn.data import ScanData, frame_shift_px, window_outside
+from ptypinn.data import (
+    CHUNK_PATTERNS,
+    CountStatistics,
+    ScanData,
+    count_statistics,
+    frame_shift_px,
+    window_outside,
+)
 from ptypinn.io.files import (atomic_path, available_memory_bytes, check_memory, json_default,
                                json_object)
 
@@ -859,6 +866,29 @@ def _shape(f: h5py.File, p: str | None) -> str:
     return f"{d.shape} {d.dtype} at {p}"
 
 
+def _cxi_count_statistics(f: h5py.File, data_path: str, path: Path,
+                          patterns: int = CHUNK_PATTERNS) -> CountStatistics:
+    """Statistics of the CXI frames ``(n, H, W)`` or ``(ny, nx, H, W)``, read ``patterns`` frames
+    at a time through h5py (never all in memory), validated as :func:`read_cxi` validates them."""
+    d = _dataset(f, data_path, path)
+    per_row = math.prod(d.shape[1:-2])  # frames per index of the first axis
+
+    def chunks() -> Iterator[np.ndarray]:
+        step = max(1, patterns // max(per_row, 1))
+        for start in range(0, d.shape[0], step):
+            try:
+                block = np.asarray(d[start:start + step])
+            except (TypeError, ValueError, OSError) as e:
+                raise ValueError(f"{data_path}: unreadable values ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
+            yield block.reshape(-1, *block.shape[-2:])
+
+    try:
+        return count_statistics(chunks())
+    except ValueError as e:
+        raise ValueError(f"{path}: {data_path}: {e}") from None
+
+
 def describe_hdf5(path: str | os.PathLike) -> list[str]:
     """A few readable lines about an HDF5 file (CXI, ptychodus product, or other)."""
     path = Path(path)
@@ -877,8 +907,12 @@ def describe_hdf5(path: str | os.PathLike) -> list[str]:
             version = _scalar(f, CXI_VERSION)
             tp = _first(f, CXI_TRANSLATION)
             vtext = "missing" if version is None else str(int(version))
+            stats = _cxi_count_statistics(f, data_path, path)
             lines = [f"{path}: CXI file (cxi_version {vtext})",
                      f"frames: {_shape(f, _first(f, CXI_DATA))}",
+                     f"photons per pattern: {stats.photons_per_pattern:.4g} measured (min "
+                     f"{stats.totals.min():.4g}, max {stats.totals.max():.4g}); integer-valued: "
+                     f"{stats.integer_valued}",
                      f"translations: {_shape(f, tp)}",
                      f"probe: {_shape(f, _first(f, CXI_PROBE))}"]
             if tp is not None:

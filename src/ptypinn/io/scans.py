@@ -19,20 +19,37 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 
-from ptypinn.data import ScanData, frame_shift_px
+from ptypinn.data import (
+    CHUNK_PATTERNS,
+    ScanData,
+    ScanSummary,
+    check_scan_fields,
+    count_statistics,
+    frame_shift_px,
+)
 from ptypinn.io import hdf5
-from ptypinn.io.files import json_default, json_object, load_npy, load_npz, save_npz
+from ptypinn.io.files import (
+    iter_npz_rows,
+    json_default,
+    json_object,
+    load_npy,
+    load_npz,
+    npz_member_header,
+    save_npz,
+)
 
 __all__ = [
     "SCAN_FORMAT",
     "read_scan",
+    "read_scan_summary",
     "write_scan",
     "read_reference_npz",
     "detect_format",
@@ -134,7 +151,8 @@ _POSITION_KEYS = {"npz": "positions_px", "reference-npz": "xcoords/ycoords",
                   "hdf5": "translation", "npz-bz2": "scan"}
 
 
-def _refuse_degenerate_positions(path: str | os.PathLike, scan: ScanData, key: str) -> None:
+def _refuse_degenerate_positions(path: str | os.PathLike, scan: ScanData | ScanSummary,
+                                 key: str) -> None:
     """A scan of several patterns all taken at one position has no overlap to solve with."""
     pos = scan.positions_px
     if pos.shape[0] >= 2 and float(np.ptp(pos, axis=0).max()) == 0.0:
@@ -158,11 +176,18 @@ def _read_canonical_npz(path: str | os.PathLike) -> ScanData:
         raise ValueError(f"{path}: {e}") from None
 
 
-def _looks_integer(a: np.ndarray, sample: int = 200_000) -> bool:
-    flat = a.reshape(-1)
-    if flat.size > sample:
-        flat = flat[:: flat.size // sample]
-    return bool(np.all(np.abs(flat - np.round(flat)) < 1e-3))
+def _looks_integer(chunks: Iterable[np.ndarray], size: int, sample: int = 200_000) -> bool:
+    """Whether every ``size // sample``-th value (of ``size`` in all, given in consecutive
+    chunks of the flattened array) is within 1e-3 of an integer."""
+    step = size // sample if size > sample else 1
+    offset = 0
+    for chunk in chunks:
+        flat = np.asarray(chunk, dtype=np.float64).reshape(-1)
+        picked = flat[(-offset) % step::step]
+        if not np.all(np.abs(picked - np.round(picked)) < 1e-3):
+            return False
+        offset += flat.size
+    return True
 
 
 def read_reference_npz(
@@ -190,7 +215,7 @@ def read_reference_npz(
     if measurement is None and "measurement" in z:
         measurement = str(z["measurement"])  # type: ignore[assignment]
     if measurement is None:
-        measurement = "counts" if _looks_integer(diff) else "amplitude"
+        measurement = "counts" if _looks_integer([diff], diff.size) else "amplitude"
         log.warning("%s: '%s' not labelled; integer-valued=%s so treating it as %s "
                     "(override with --measurement amplitude|counts)",
                     path, key, measurement == "counts", measurement)
@@ -228,6 +253,123 @@ def read_reference_npz(
                         probe=z["probeGuess"], object_guess=obj, meta=meta)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def _prefixed(path: str | os.PathLike, e: ValueError) -> ValueError:
+    msg = str(e)
+    return ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}")
+
+
+def _streamable(path: str | os.PathLike, key: str, legacy_ok: bool = True) -> bool:
+    """Whether NPZ member ``key`` is a C-ordered ``(n, H, W)`` numeric array to stream."""
+    shape, dtype, fortran = npz_member_header(path, key)
+    legacy = len(shape) == 3 and shape[0] == shape[1] and shape[2] != shape[0]
+    return (len(shape) == 3 and not fortran and dtype.kind in "iuf"
+            and (legacy_ok or not legacy))
+
+
+def _summarize_canonical_npz(path: str | os.PathLike, patterns: int) -> ScanSummary:
+    if not _streamable(path, "counts"):
+        return ScanSummary.from_scan(_read_canonical_npz(path), patterns)
+    z = load_npz(path, skip={"counts"})
+    missing = [k for k in ("positions_px", "probe") if k not in z]
+    if missing:
+        raise ValueError(f"{path}: missing required key(s) {missing}")
+    meta = json_object(str(z["meta"]), f"{path}: key 'meta'") if "meta" in z else {}
+    try:
+        stats = count_statistics(iter_npz_rows(path, "counts", patterns))
+        fields = check_scan_fields(stats.shape, z["positions_px"], z["probe"],
+                                   z.get("object_true"), z.get("object_guess"),
+                                   z.get("bad_pixels"), meta)
+    except ValueError as e:
+        raise _prefixed(path, e) from None
+    return ScanSummary(counts=stats, **fields)
+
+
+def _summarize_reference_npz(path: str | os.PathLike, measurement: Measurement | None,
+                             patterns: int) -> ScanSummary:
+    with zipfile.ZipFile(path) as zf:
+        key = "diffraction" if "diffraction.npy" in zf.namelist() else "diff3d"
+    if not _streamable(path, key, legacy_ok=False):
+        return ScanSummary.from_scan(read_reference_npz(path, measurement), patterns)
+    shape, _, _ = npz_member_header(path, key)
+    z = load_npz(path, skip={key})
+    if measurement is None and "measurement" in z:
+        measurement = str(z["measurement"])  # type: ignore[assignment]
+    if measurement is None:
+        integer = _looks_integer(iter_npz_rows(path, key, patterns), math.prod(shape))
+        measurement = "counts" if integer else "amplitude"
+        log.warning("%s: '%s' not labelled; integer-valued=%s so treating it as %s "
+                    "(override with --measurement amplitude|counts)",
+                    path, key, measurement == "counts", measurement)
+    if measurement not in ("amplitude", "counts"):
+        raise ValueError(f"{path}: measurement: expected 'amplitude' or 'counts', got "
+                         f"{measurement!r}")
+
+    def counts_chunks() -> Iterator[np.ndarray]:
+        rows = iter_npz_rows(path, key, patterns)
+        low = np.inf
+        for chunk in rows:
+            diff = np.asarray(chunk, dtype=np.float64)
+            if not np.isfinite(diff).all():
+                raise ValueError(f"{path}: '{key}': expected finite values, got NaN/Inf")
+            low = min(low, float(diff.min()))
+            if low < 0:
+                continue  # read on: a NaN further on is reported first, as by read_scan
+            yield (diff**2 if measurement == "amplitude" else diff).astype(np.float32)
+        if low < 0:
+            raise ValueError(f"{path}: '{key}': expected {measurement} >= 0, got values down "
+                             f"to {low:g}")
+
+    try:
+        stats = count_statistics(counts_chunks())
+    except ValueError as e:
+        raise _prefixed(path, e) from None
+    for k in ("xcoords", "ycoords", "probeGuess"):
+        if k not in z:
+            raise ValueError(f"{path}: missing required key '{k}'")
+    try:
+        pos = np.stack([np.ravel(z["ycoords"]), np.ravel(z["xcoords"])],
+                       axis=1).astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: 'xcoords', 'ycoords': expected two real arrays of one length, "
+                         f"got {z['xcoords'].dtype}{z['xcoords'].shape} and "
+                         f"{z['ycoords'].dtype}{z['ycoords'].shape}") from None
+    obj = z.get("objectGuess")
+    meta: dict[str, Any] = {"provenance": f"reference-npz:{Path(path).name}",
+                            "measurement": measurement}
+    if obj is None:
+        shift = frame_shift_px(pos, shape[-1])
+        if np.any(shift):
+            log.info("%s: positions shifted by %s px into the object frame", path, shift)
+            pos = pos + shift
+            meta["positions_shift_px"] = shift.tolist()
+    try:
+        fields = check_scan_fields(stats.shape, pos, z["probeGuess"], object_guess=obj,
+                                   meta=meta)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return ScanSummary(counts=stats, **fields)
+
+
+def read_scan_summary(path: str | os.PathLike, measurement: Measurement | None = None,
+                      patterns: int = CHUNK_PATTERNS) -> ScanSummary:
+    """What :func:`read_scan` would read, as a :class:`ScanSummary`: the same validation and
+    the same statistics, but the patterns of NPZ files (ours and the reference format, stored
+    or deflated) are streamed ``patterns`` at a time and never all held in memory.
+
+    Other formats, and NPZ layouts that cannot be streamed (Fortran order, the legacy
+    ``(H, W, n)`` reference layout), are read whole with :func:`read_scan`.
+    """
+    fmt = detect_format(path)
+    if fmt == "npz":
+        summary = _summarize_canonical_npz(path, patterns)
+    elif fmt == "reference-npz":
+        summary = _summarize_reference_npz(path, measurement, patterns)
+    else:
+        return ScanSummary.from_scan(read_scan(path, measurement), patterns)
+    _refuse_degenerate_positions(path, summary, _POSITION_KEYS[fmt])
+    return summary
 
 
 def read_probe(path: str | os.PathLike) -> np.ndarray:

@@ -8,23 +8,30 @@ from pathlib import Path
 import numpy as np
 
 from ptypinn import io
-from ptypinn.data import ScanData
+from ptypinn.data import ScanData, ScanSummary
 from ptypinn.grouping import overlap_metrics, probe_radius_px_from_probe
 
-__all__ = ["describe_scan", "describe_path"]
+__all__ = ["describe_scan", "describe_summary", "describe_path"]
 
 
 def describe_scan(scan: ScanData) -> list[str]:
+    """Summary lines of an in-memory scan (see :func:`describe_summary`)."""
+    return describe_summary(ScanSummary.from_scan(scan))
+
+
+def describe_summary(scan: ScanSummary) -> list[str]:
     """Summary lines of a scan: shapes, dtypes, measurement, dose, extent, step and overlap."""
     n, h, w = scan.counts.shape
+    totals = scan.counts.totals
     pos = scan.positions_px
     radius = probe_radius_px_from_probe(scan.probe)
     ov = overlap_metrics(pos, radius)
-    integer = bool(np.all(scan.counts[: min(n, 64)] == np.round(scan.counts[: min(n, 64)])))
     lines = [
-        f"patterns: {n} x {h}x{w} {scan.counts.dtype} "
-        f"({scan.meta.get('measurement', 'counts')}; integer-valued: {integer})",
-        f"photons per pattern: {scan.photons_per_pattern:.4g} measured"
+        f"patterns: {n} x {h}x{w} {np.dtype(np.float32)} "
+        f"({scan.meta.get('measurement', 'counts')}; "
+        f"integer-valued: {scan.counts.integer_valued})",
+        f"photons per pattern: {scan.counts.photons_per_pattern:.4g} measured "
+        f"(min {totals.min():.4g}, max {totals.max():.4g})"
         + (f", {scan.meta['photons_per_pattern']:.4g} requested"
            if scan.meta.get("photons_per_pattern") else ""),
         f"probe: {scan.probe.shape} {scan.probe.dtype}, footprint radius {radius:.1f} px, "
@@ -79,5 +86,5 @@ def describe_path(path: str | os.PathLike, measurement: str | None = None) -> li
     kind = io.detect_format(p)
     if kind == "hdf5":
         return io.describe_hdf5(p)
-    scan = io.read_scan(p, measurement=measurement)
-    return [f"{p}: {kind} scan"] + describe_scan(scan)
+    # the patterns are streamed, never all in memory (issue 17 item 6)
+    return [f"{p}: {kind} scan"] + describe_summary(io.read_scan_summary(p, measurement))
