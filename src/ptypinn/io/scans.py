@@ -23,7 +23,7 @@ import math
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 
@@ -212,22 +212,43 @@ def read_reference_npz(
         log.warning("%s: '%s' has legacy layout (H, W, n) %s; transposing to (n, H, W)",
                     path, key, diff.shape)
         diff = np.moveaxis(diff, -1, 0)
-    if measurement is None and "measurement" in z:
-        measurement = str(z["measurement"])  # type: ignore[assignment]
-    if measurement is None:
-        measurement = "counts" if _looks_integer([diff], diff.size) else "amplitude"
-        log.warning("%s: '%s' not labelled; integer-valued=%s so treating it as %s "
-                    "(override with --measurement amplitude|counts)",
-                    path, key, measurement == "counts", measurement)
-    if measurement not in ("amplitude", "counts"):
-        raise ValueError(f"{path}: measurement: expected 'amplitude' or 'counts', got "
-                         f"{measurement!r}")
+    measurement = _measurement(z, path, key, measurement,
+                               lambda: _looks_integer([diff], diff.size))
     if not np.isfinite(diff).all():
         raise ValueError(f"{path}: '{key}': expected finite values, got NaN/Inf")
     if diff.size and float(diff.min()) < 0:
         raise ValueError(f"{path}: '{key}': expected {measurement} >= 0, got values down to "
                          f"{float(diff.min()):g}")
     counts = diff**2 if measurement == "amplitude" else diff
+    pos, obj, meta = _reference_frame(z, path, measurement, counts.shape[-1])
+    try:
+        return ScanData(counts=counts.astype(np.float32), positions_px=pos,
+                        probe=z["probeGuess"], object_guess=obj, meta=meta)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _measurement(z: Any, path: str | os.PathLike, key: str, measurement: str | None,
+                 integer_valued: Callable[[], bool]) -> str:
+    """What a reference NPZ's ``key`` holds: ``measurement`` when given, else the file's label,
+    else a guess from ``integer_valued()`` (counts when the values are integers; warned)."""
+    if measurement is None and "measurement" in z:
+        measurement = str(z["measurement"])
+    if measurement is None:
+        measurement = "counts" if integer_valued() else "amplitude"
+        log.warning("%s: '%s' not labelled; integer-valued=%s so treating it as %s "
+                    "(override with --measurement amplitude|counts)",
+                    path, key, measurement == "counts", measurement)
+    if measurement not in ("amplitude", "counts"):
+        raise ValueError(f"{path}: measurement: expected 'amplitude' or 'counts', got "
+                         f"{measurement!r}")
+    return measurement
+
+
+def _reference_frame(z: Any, path: str | os.PathLike, measurement: str, pattern_size: int
+                     ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Positions ``(n, 2)``, the object guess and the metadata of a reference NPZ ``z`` (its
+    arrays by name); without an object guess the windows are framed as every reader does."""
     for k in ("xcoords", "ycoords", "probeGuess"):
         if k not in z:
             raise ValueError(f"{path}: missing required key '{k}'")
@@ -242,17 +263,12 @@ def read_reference_npz(
     meta: dict[str, Any] = {"provenance": f"reference-npz:{Path(path).name}",
                             "measurement": measurement}
     if obj is None:
-        # no object frame in the file: frame the windows as every reader does
-        shift = frame_shift_px(pos, counts.shape[-1])
+        shift = frame_shift_px(pos, pattern_size)
         if np.any(shift):
             log.info("%s: positions shifted by %s px into the object frame", path, shift)
             pos = pos + shift
             meta["positions_shift_px"] = shift.tolist()
-    try:
-        return ScanData(counts=counts.astype(np.float32), positions_px=pos,
-                        probe=z["probeGuess"], object_guess=obj, meta=meta)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    return pos, obj, meta
 
 
 def _prefixed(path: str | os.PathLike, e: ValueError) -> ValueError:
@@ -294,17 +310,9 @@ def _summarize_reference_npz(path: str | os.PathLike, measurement: Measurement |
         return ScanSummary.from_scan(read_reference_npz(path, measurement), patterns)
     shape, _, _ = npz_member_header(path, key)
     z = load_npz(path, skip={key})
-    if measurement is None and "measurement" in z:
-        measurement = str(z["measurement"])  # type: ignore[assignment]
-    if measurement is None:
-        integer = _looks_integer(iter_npz_rows(path, key, patterns), math.prod(shape))
-        measurement = "counts" if integer else "amplitude"
-        log.warning("%s: '%s' not labelled; integer-valued=%s so treating it as %s "
-                    "(override with --measurement amplitude|counts)",
-                    path, key, measurement == "counts", measurement)
-    if measurement not in ("amplitude", "counts"):
-        raise ValueError(f"{path}: measurement: expected 'amplitude' or 'counts', got "
-                         f"{measurement!r}")
+    measurement = _measurement(
+        z, path, key, measurement,
+        lambda: _looks_integer(iter_npz_rows(path, key, patterns), math.prod(shape)))
 
     def counts_chunks() -> Iterator[np.ndarray]:
         rows = iter_npz_rows(path, key, patterns)
@@ -325,25 +333,7 @@ def _summarize_reference_npz(path: str | os.PathLike, measurement: Measurement |
         stats = count_statistics(counts_chunks())
     except ValueError as e:
         raise _prefixed(path, e) from None
-    for k in ("xcoords", "ycoords", "probeGuess"):
-        if k not in z:
-            raise ValueError(f"{path}: missing required key '{k}'")
-    try:
-        pos = np.stack([np.ravel(z["ycoords"]), np.ravel(z["xcoords"])],
-                       axis=1).astype(np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: 'xcoords', 'ycoords': expected two real arrays of one length, "
-                         f"got {z['xcoords'].dtype}{z['xcoords'].shape} and "
-                         f"{z['ycoords'].dtype}{z['ycoords'].shape}") from None
-    obj = z.get("objectGuess")
-    meta: dict[str, Any] = {"provenance": f"reference-npz:{Path(path).name}",
-                            "measurement": measurement}
-    if obj is None:
-        shift = frame_shift_px(pos, shape[-1])
-        if np.any(shift):
-            log.info("%s: positions shifted by %s px into the object frame", path, shift)
-            pos = pos + shift
-            meta["positions_shift_px"] = shift.tolist()
+    pos, obj, meta = _reference_frame(z, path, measurement, shape[-1])
     try:
         fields = check_scan_fields(stats.shape, pos, z["probeGuess"], object_guess=obj,
                                    meta=meta)
