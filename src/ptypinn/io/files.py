@@ -299,16 +299,12 @@ def json_default(o: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
-def npy_header(fh: Any, where: str) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype an NPY stream declares (the file position is left after the header).
+def npy_header(fh: Any, where: str) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """Shape, dtype and Fortran order an NPY stream declares (the file position is left after
+    the header).
 
     Raises ``ValueError`` naming ``where`` for a corrupt header or an object (pickled) dtype.
     """
-    shape, dtype, _ = _npy_header_order(fh, where)
-    return shape, dtype
-
-
-def _npy_header_order(fh: Any, where: str) -> tuple[tuple[int, ...], np.dtype, bool]:
     try:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
@@ -332,7 +328,7 @@ def _npz_declared_bytes(path: Path) -> float:
                 continue
             key = info.filename[:-4]
             with zf.open(info) as fh:
-                shape, dtype = npy_header(fh, f"{path}: key '{key}'")
+                shape, dtype, _ = npy_header(fh, f"{path}: key '{key}'")
             total += float(math.prod(shape)) * dtype.itemsize
     return total
 
@@ -377,7 +373,7 @@ def npz_member_header(path: str | os.PathLike, key: str
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as fh:
-            return _npy_header_order(fh, f"{path}: key '{key}'")
+            return npy_header(fh, f"{path}: key '{key}'")
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as e:
         raise ValueError(f"{path}: key '{key}': not readable ({type(e).__name__}: {e})") from None
 
@@ -392,7 +388,7 @@ def iter_npz_rows(path: str | os.PathLike, key: str, rows: int) -> Iterator[np.n
     where = f"{path}: key '{key}'"
     try:
         with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as fh:
-            shape, dtype, fortran = _npy_header_order(fh, where)
+            shape, dtype, fortran = npy_header(fh, where)
             if fortran and len(shape) > 1 or not shape:
                 raise ValueError(f"{where}: expected a C-ordered array with a first axis to "
                                  f"stream, got shape {shape}, Fortran order {fortran}")
@@ -418,7 +414,7 @@ def load_npy(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         with open(path, "rb") as fh:
-            shape, dtype = npy_header(fh, str(path))
+            shape, dtype, _ = npy_header(fh, str(path))
         check_memory(float(math.prod(shape)) * dtype.itemsize, str(path))
         return np.load(path, allow_pickle=False)
     except (OSError, EOFError) as e:

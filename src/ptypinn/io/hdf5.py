@@ -183,9 +183,6 @@ def open_hdf5(path: str | os.PathLike) -> h5py.File:
     return f
 
 
-_open_h5 = open_hdf5
-
-
 def _dataset(f: h5py.File, p: str, path: Path) -> h5py.Dataset:
     """The dataset at ``p``; ``ValueError`` naming it when it is a group or something else."""
     obj = f[p]
@@ -306,7 +303,7 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
         ``object_pixel_size_m``, ``positions_shift_px`` and ``provenance``.
     """
     path = Path(path)
-    with _open_h5(path) as f:
+    with open_hdf5(path) as f:
         data_path = _first(f, CXI_DATA)
         if data_path is None:
             raise ValueError(f"{path}: not a CXI ptychography file: no dataset at "
@@ -635,7 +632,7 @@ def read_product(path: str | os.PathLike) -> Product:
     squeezed; multislice objects are refused.
     """
     path = Path(path)
-    with _open_h5(path) as f:
+    with open_hdf5(path) as f:
         for p in (PRODUCT_X, PRODUCT_Y, PRODUCT_PROBE, PRODUCT_OBJECT):
             if p not in f:
                 raise ValueError(f"{path}: {p}: missing; not a ptychodus product file")
@@ -851,7 +848,7 @@ def read_tike_siemens_npz_bz2(path: str | os.PathLike) -> ScanData:
 
 def detect_hdf5_kind(path: str | os.PathLike) -> Literal["cxi", "product", "unknown-hdf5"]:
     """Which HDF5 layout a file holds, by content."""
-    with _open_h5(path) as f:
+    with open_hdf5(path) as f:
         if CXI_VERSION in f or _first(f, CXI_DATA) is not None:
             return "cxi"
         if all(p in f for p in (PRODUCT_X, PRODUCT_Y, PRODUCT_PROBE, PRODUCT_OBJECT)):
@@ -895,7 +892,7 @@ def describe_hdf5(path: str | os.PathLike) -> list[str]:
     kind = detect_hdf5_kind(path)
     if kind == "product":
         read_product(path)  # validates every dataset and attribute it describes
-    with _open_h5(path) as f:
+    with open_hdf5(path) as f:
         if kind == "cxi":
             data_path = _first(f, CXI_DATA)
             if data_path is None:
