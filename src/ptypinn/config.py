@@ -237,6 +237,28 @@ class ModelConfig:
         Weight of a total-variation term on the patches (0: off).
     poisson_eps : float
         ``eps`` inside the Poisson log-likelihood, >= 1e-12.
+    learn_probe : bool
+        Learn the probe jointly with the network (``pinn`` only): the probe becomes a trained
+        complex parameter, starting from the scan's probe (or the estimate from the data when
+        the file has none), its total power ``sum |P|^2`` kept at the start value (photons per
+        pattern in free space: this pins the object/probe scale), its modes re-orthogonalised
+        after every step; the bundle saves the learned probe.  Default False (``train``: the
+        probe of a simulated or calibrated scan is known); ``ptypinn reconstruct`` turns it on
+        for a scan without a probe (see ``--learn-probe``).
+    probe_modes : int or None
+        Incoherent probe modes to learn, 1-8 (``learn_probe`` only); None: as many as the scan's
+        probe has.  Modes added to the scan's are initialised orthogonal, with 5 % of the power
+        each.
+    probe_learning_rate : float
+        Adam's step on the probe relative to its peak amplitude at the start (dimensionless,
+        > 0; the schedule of ``train.lr_schedule`` applies).
+    probe_start_epochs : int
+        With ``learn_probe``: epochs (a cap, ``>= 0``) of Poisson maximum-likelihood refinement
+        of a flat object and the probe over the whole scan (:func:`ptypinn.refinement.refine`
+        with ``refine_probe``, default step and checks) before the network trains; its probe,
+        rescaled to the start power, is the network's starting probe.  The network's own
+        gradient moves a badly wrong probe little (measured, docs/benchmarks.md), one global
+        object does.  0: off.
     """
 
     kind: Literal["pinn", "baseline"] = "pinn"
@@ -247,6 +269,10 @@ class ModelConfig:
     trainable_intensity_scale: bool = False
     tv_weight: float = 0.0
     poisson_eps: float = 1e-6
+    learn_probe: bool = False
+    probe_modes: int | None = None
+    probe_learning_rate: float = 1e-3
+    probe_start_epochs: int = 50
 
     def __post_init__(self) -> None:
         s = "model"
@@ -260,6 +286,14 @@ class ModelConfig:
                 self.amplitude_max)
         require(self.tv_weight >= 0, f"{s}.tv_weight", ">= 0", self.tv_weight)
         require(self.poisson_eps >= 1e-12, f"{s}.poisson_eps", ">= 1e-12", self.poisson_eps)
+        require(not self.learn_probe or self.kind == "pinn", f"{s}.learn_probe",
+                "false for kind 'baseline' (only the PINN learns a probe)", self.learn_probe)
+        require(self.probe_modes is None or 1 <= self.probe_modes <= 8, f"{s}.probe_modes",
+                "None or in [1, 8]", self.probe_modes)
+        require(math.isfinite(self.probe_learning_rate) and self.probe_learning_rate > 0,
+                f"{s}.probe_learning_rate", "a finite number > 0", self.probe_learning_rate)
+        require(_is_int(self.probe_start_epochs) and self.probe_start_epochs >= 0,
+                f"{s}.probe_start_epochs", "an integer >= 0", self.probe_start_epochs)
 
 
 @dataclass(frozen=True)

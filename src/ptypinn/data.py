@@ -42,7 +42,8 @@ import numpy as np
 from ptypinn.physics import canvas_shape_px, window_starts
 
 __all__ = ["ScanData", "window_starts", "window_outside", "FRAME_MARGIN_PX", "frame_shift_px",
-           "calibrate_probe", "SCALE_RULES", "BRIGHT_QUANTILE", "probe_power", "pattern_totals",
+           "calibrate_probe", "defocused_aperture", "estimate_probe",
+           "PROBE_ESTIMATE_SAMPLE", "SCALE_RULES", "BRIGHT_QUANTILE", "probe_power", "pattern_totals",
            "bright_transmission", "to_photon_units", "check_counts", "check_scan_fields",
            "object_shape_px", "CHUNK_PATTERNS", "iter_chunks", "CountStatistics",
            "count_statistics", "ScanSummary"]
@@ -211,6 +212,104 @@ still reaches it)."""
 def probe_power(probe: np.ndarray) -> float:
     """``sum |P|^2`` over all modes (photons per pattern through free space, in photon units)."""
     return float(np.sum(np.abs(np.asarray(probe)) ** 2, dtype=np.float64))
+
+
+def defocused_aperture(n: int, pupil_radius_px: float, defocus_rad: float) -> np.ndarray:
+    """A defocused circular aperture: a disk pupil in the far field with quadratic phase.
+
+    The pupil (radius ``U = pupil_radius_px`` frequency pixels, edge smoothed by a Gaussian of
+    sigma 1 px) carries the phase ``defocus_rad * (u / U)^2`` and is propagated back to real
+    space (:func:`ptypinn.physics.inverse_far_field` convention, zero frequency at the centre).
+    In geometric optics its edge rays land at ``n * defocus_rad / (pi U)`` pixels from the
+    centre: the real-space radius.
+
+    Parameters
+    ----------
+    n : int
+        Window size N (px).
+    pupil_radius_px : float
+        ``U`` in frequency pixels, in ``(0, n/2]``.
+    defocus_rad : float
+        Quadratic phase at the pupil's edge (rad); 0 is a focused (Airy) probe.
+
+    Returns
+    -------
+    complex128 ``(N, N)``, unnormalised (peak far-field amplitude 1).
+    """
+    from scipy import ndimage
+
+    if not 0 < pupil_radius_px <= n / 2:
+        _fail("pupil_radius_px", f"in (0, {n / 2}]", pupil_radius_px)
+    ar = np.arange(n) - n // 2
+    u = np.hypot(ar[:, None], ar[None, :])
+    pupil = ndimage.gaussian_filter((u <= pupil_radius_px).astype(np.float64), sigma=1.0)
+    far = pupil * np.exp(1j * defocus_rad * (u / pupil_radius_px) ** 2)
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(far), norm="ortho"))
+
+
+PROBE_ESTIMATE_SAMPLE = 4096
+"""At most this many evenly spaced patterns enter the mean pattern of :func:`estimate_probe`."""
+
+
+def estimate_probe(counts: np.ndarray, bad_pixels: np.ndarray | None = None,
+                   radius_px: float | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """A probe estimate from the data alone, for a scan whose file has none.
+
+    A defocused aperture (:func:`defocused_aperture`) is fitted to the mean pattern's extent:
+
+    * the mean of up to :data:`PROBE_ESTIMATE_SAMPLE` evenly spaced patterns, bad pixels filled
+      by a normalised Gaussian smoothing (sigma 1.5 px) of the good ones;
+    * its bright area ``A`` (pixels at or above half of its 99.5th percentile) gives the pupil
+      radius ``U = sqrt(A / pi)``, clipped to ``[2, N/2 - 1]`` -- for a defocused aperture the
+      mean pattern is the pupil's flat disk blurred by the object's scattering;
+    * the real-space radius ``radius_px`` (default ``N/4``, the simulator's default) fixes the
+      defocus ``pi radius U / N`` (geometric optics; the far field alone does not);
+    * the result is scaled so that ``sum |P|^2`` is the measured mean photons per pattern (bad
+      pixels filled in) and is *not* marked calibrated: :func:`to_photon_units` then applies
+      its rule.  It is a starting point for a probe that is learned
+      (``model.learn_probe``), not a calibrated probe.
+
+    Parameters
+    ----------
+    counts : float ``(n, N, N)`` photon counts (or anything proportional).
+    bad_pixels : bool ``(N, N)``, optional (True = bad).
+    radius_px : float, optional
+        Real-space probe radius in pixels, in ``(0, N/2]``; None: ``N/4``.
+
+    Returns
+    -------
+    probe : complex64 ``(N, N)``
+    fit : dict
+        ``pupil_radius_px`` (U), ``radius_px``, ``defocus_rad``, ``photons_per_pattern``.
+    """
+    counts = np.asarray(counts)
+    if counts.ndim != 3 or counts.shape[0] == 0 or counts.shape[1] != counts.shape[2]:
+        _fail("counts", "patterns (n, N, N) with n >= 1", counts.shape)
+    from scipy import ndimage
+
+    n = counts.shape[-1]
+    radius = n / 4 if radius_px is None else float(radius_px)
+    if not 0 < radius <= n / 2:
+        _fail("radius_px", f"in (0, {n / 2}]", radius_px)
+    pick = np.unique(np.linspace(0, counts.shape[0] - 1,
+                                 min(PROBE_ESTIMATE_SAMPLE, counts.shape[0])).astype(int))
+    mean = np.asarray(counts[pick], dtype=np.float64).mean(axis=0)
+    good = np.ones((n, n)) if bad_pixels is None else (~np.asarray(bad_pixels, bool)).astype(float)
+    smooth = ndimage.gaussian_filter(mean * good, 1.5) / np.maximum(
+        ndimage.gaussian_filter(good, 1.5), 1e-12)
+    filled = np.where(good > 0, mean, smooth)
+    photons = float(filled.sum())
+    if not photons > 0:
+        _fail("counts", "some photons to estimate a probe from", "all zeros")
+    peak = float(np.quantile(filled, 0.995))
+    area = float(np.count_nonzero(filled >= 0.5 * peak))
+    pupil = float(np.clip(math.sqrt(area / math.pi), 2.0, n / 2 - 1))
+    defocus = math.pi * radius * pupil / n
+    probe = defocused_aperture(n, pupil, defocus)
+    probe *= math.sqrt(photons / probe_power(probe))
+    fit = {"pupil_radius_px": pupil, "radius_px": radius, "defocus_rad": defocus,
+           "photons_per_pattern": photons}
+    return probe.astype(np.complex64), fit
 
 
 def pattern_totals(scan: ScanData) -> np.ndarray:

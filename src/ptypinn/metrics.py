@@ -51,6 +51,7 @@ __all__ = [
     "register_subpixel",
     "remove_global_phase",
     "remove_phase_ramp",
+    "probe_correlation",
     "AlignedPair",
     "align",
     "mae",
@@ -964,6 +965,46 @@ def metrics_long_rows(model: str, metrics: dict[str, dict[str, float | None]]) -
             rows.append({"model": str(model), "quantity": str(quantity), "metric": str(metric),
                          "value": None if value is None else float(value)})
     return rows
+
+
+def probe_correlation(estimate: np.ndarray, truth: np.ndarray, remove_ramp: bool = False
+                      ) -> float:
+    """Normalised overlap of two probes, ``|<P_est, P_true>| / (||P_est|| ||P_true||)`` in [0, 1].
+
+    The absolute value removes the global phase, and the normalisation the scale (the two
+    ambiguities every ptychographic reconstruction has; a learned probe's scale is pinned by its
+    power constraint anyway).  Neither translation nor a linear phase ramp is removed unless
+    ``remove_ramp``: then the ramp of ``estimate`` against ``truth`` is fitted over the truth's
+    bright region (``|P|^2 >= 1e-3 max``) by :func:`remove_phase_ramp` and divided out first
+    (the ramp ambiguity ``P e^{ikr}, O e^{-ikr}``).  With several modes (``(M, H, W)``) the
+    strongest mode of each is compared.
+
+    Parameters
+    ----------
+    estimate, truth : complex ``(H, W)`` or ``(M, H, W)``, the same ``(H, W)``.
+
+    Returns
+    -------
+    float
+    """
+    def strongest(p: np.ndarray, name: str) -> np.ndarray:
+        p = np.asarray(p)
+        if p.ndim == 3:
+            p = p[int(np.argmax((np.abs(p) ** 2).sum(axis=(-2, -1))))]
+        if p.ndim != 2:
+            raise ValueError(f"{name}: expected a probe (H, W) or (M, H, W), got {p.shape}")
+        return p.astype(np.complex128)
+
+    a, b = strongest(estimate, "estimate"), strongest(truth, "truth")
+    if a.shape != b.shape:
+        raise ValueError(f"estimate: expected shape {b.shape} (the truth's), got {a.shape}")
+    if remove_ramp:
+        i2 = np.abs(b) ** 2
+        a = remove_phase_ramp(a, b, mask=i2 >= 1e-3 * i2.max())
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if not norm > 0:
+        raise ValueError("probe_correlation: expected non-zero probes, got an all-zero one")
+    return float(abs(np.vdot(a, b)) / norm)
 
 
 def convergence_stop(nll: float, previous: float | None, rel_tol: float) -> str | None:

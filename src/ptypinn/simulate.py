@@ -29,7 +29,7 @@ from skimage.draw import line_aa
 from skimage.transform import resize
 
 from ptypinn.config import SimulationConfig
-from ptypinn.data import ScanData, window_outside
+from ptypinn.data import ScanData, defocused_aperture, window_outside
 from ptypinn.physics import predicted_intensity, window_starts
 
 __all__ = [
@@ -201,10 +201,7 @@ def _defocused_disk(n: int, radius_px: float, defocus_rad: float) -> np.ndarray:
         hi = (n / 2 - 1) * math.pi * radius_px / n
         raise ValueError(f"simulation.probe_defocus_rad: expected in [{lo:.3g}, {hi:.3g}] for "
                          f"probe_radius_px={radius_px} and N={n}, got {defocus_rad}")
-    u = _radius_grid(n)
-    pupil = ndimage.gaussian_filter((u <= u_px).astype(np.float64), sigma=1.0)
-    far = pupil * np.exp(1j * defocus_rad * (u / u_px) ** 2)
-    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(far), norm="ortho"))
+    return defocused_aperture(n, u_px, defocus_rad)
 
 
 def make_probe(cfg: SimulationConfig, probe_from_file: np.ndarray | None = None) -> np.ndarray:

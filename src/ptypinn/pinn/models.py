@@ -29,9 +29,11 @@ from torch import nn
 from ptypinn import physics
 from ptypinn.config import ModelConfig
 from ptypinn.pinn.networks import BackPropagation, build_generator
+from ptypinn.refinement import orthogonalize_modes
 
 __all__ = ["merge_window", "overlap_constraint", "PINN", "SupervisedBaseline", "build_model",
-           "AMPLITUDE_MAX_FLOOR", "derive_amplitude_max"]
+           "AMPLITUDE_MAX_FLOOR", "derive_amplitude_max", "EXTRA_MODE_POWER",
+           "initial_probe_modes"]
 
 AMPLITUDE_MAX_FLOOR = 1.5
 """The amplitude cap of a scan in photon units whose object transmits at most 1 (the fixed cap
@@ -109,14 +111,66 @@ def total_variation(patches: torch.Tensor) -> torch.Tensor:
     return dy + dx
 
 
+EXTRA_MODE_POWER = 0.05
+"""Power fraction of each probe mode that :func:`initial_probe_modes` adds to a scan's probe."""
+
+
+def initial_probe_modes(probe: torch.Tensor, modes: int | None = None) -> torch.Tensor:
+    """The start of a learned probe: ``modes`` orthogonal modes with the power of ``probe``.
+
+    Parameters
+    ----------
+    probe : complex ``(N, N)`` or ``(M, N, N)`` in photon units.
+    modes : int, optional
+        K, the number of modes to learn; None keeps M.  ``K < M`` keeps the K strongest
+        orthogonal modes; ``K > M`` adds ``K - M`` modes, each the strongest mode times a
+        low-order polynomial of the position (``y``, ``x``, ``xy``, ``x^2 - y^2``, ...), with
+        :data:`EXTRA_MODE_POWER` of the power each.
+
+    Returns
+    -------
+    complex64 ``(K, N, N)``: mutually orthogonal (:func:`ptypinn.refinement.orthogonalize_modes`),
+    strongest first, total power ``sum |P|^2`` equal to the input's.
+    """
+    given = orthogonalize_modes(physics.probe_modes(torch.as_tensor(probe)).to(torch.complex64))
+    total = given.abs().square().sum()
+    m = given.shape[0]
+    k = m if modes is None else int(modes)
+    if k < 1:
+        raise ValueError(f"modes: expected >= 1, got {k}")
+    if k <= m:
+        out = given[:k]
+    else:
+        n = given.shape[-1]
+        ar = (torch.arange(n, dtype=torch.float32) - n // 2) / (n / 4)
+        y, x = ar[:, None].expand(n, n), ar[None, :].expand(n, n)
+        shapes = [y, x, x * y, x * x - y * y, x * x + y * y - 1, y * y * x, x * x * y]
+        extra = []
+        for j in range(k - m):
+            e = given[0] * shapes[j % len(shapes)]
+            extra.append(e * torch.sqrt(EXTRA_MODE_POWER * total / e.abs().square().sum()))
+        out = orthogonalize_modes(torch.cat([given, torch.stack(extra)]))
+    out = out * torch.sqrt(total / out.abs().square().sum())
+    return out.contiguous()
+
+
 class _PatchModel(nn.Module):
-    """What every model carries: the generator, its config and the probe (photon units)."""
+    """What every model carries: the generator, its config and the probe (photon units): a
+    buffer, or a trained parameter when ``cfg.learn_probe``."""
 
     def __init__(self, generator: nn.Module, probe: torch.Tensor, cfg: ModelConfig):
         super().__init__()
         self.generator = generator
         self.cfg = cfg
-        self.register_buffer("probe", physics.probe_modes(probe).to(torch.complex64).clone())
+        if cfg.learn_probe:
+            self.probe = nn.Parameter(initial_probe_modes(probe, cfg.probe_modes))
+        else:
+            self.register_buffer("probe", physics.probe_modes(probe).to(torch.complex64).clone())
+
+    @property
+    def learns_probe(self) -> bool:
+        """Whether the probe is a trained parameter (``model.learn_probe``)."""
+        return isinstance(self.probe, nn.Parameter)
 
 
 class PINN(_PatchModel):
@@ -131,18 +185,40 @@ class PINN(_PatchModel):
 
     def __init__(self, generator: nn.Module, probe: torch.Tensor, cfg: ModelConfig):
         super().__init__(generator, probe, cfg)
-        self.register_buffer("window", merge_window(self.probe), persistent=False)
+        self.register_buffer("window", merge_window(self.probe.detach()), persistent=False)
+        # the total power a learned probe is held at (photons per pattern in free space)
+        self.register_buffer("probe_power", self.probe.detach().abs().square().sum().double(),
+                             persistent=False)
         self.log_intensity_scale = nn.Parameter(
             torch.zeros(()), requires_grad=cfg.trainable_intensity_scale
         )
 
     def forward(self, counts: torch.Tensor, offsets_px: torch.Tensor) -> torch.Tensor:
         """Object patches ``(B, C, H, W)`` complex from counts ``(B, C, H, W)``, after the overlap
-        constraint when C > 1."""
-        patches = self.generator(counts)
+        constraint when C > 1.  A learned probe feeds the generator's physics layer at every
+        call (so the layer always matches it, in training and after loading)."""
+        if self.learns_probe:
+            patches = self.generator(counts, probe=self.probe)
+            window = merge_window(self.probe.detach())
+        else:
+            patches = self.generator(counts)
+            window = self.window
         if patches.shape[1] > 1:
-            patches = overlap_constraint(patches, offsets_px, self.window)
+            patches = overlap_constraint(patches, offsets_px, window)
         return patches
+
+    @torch.no_grad()
+    def constrain_probe(self) -> None:
+        """Project a learned probe back onto its constraints (after an optimizer step):
+        orthogonal modes, strongest first (:func:`ptypinn.refinement.orthogonalize_modes`), and
+        the total power it started with.  A no-op for a fixed probe."""
+        if not self.learns_probe:
+            return
+        p = orthogonalize_modes(self.probe.detach())
+        power = p.abs().square().sum().double()
+        if torch.isfinite(power) and float(power) > 0:
+            p = p * torch.sqrt(self.probe_power / power).to(p.real.dtype)
+        self.probe.copy_(p)
 
     def predicted_counts(self, patches: torch.Tensor) -> torch.Tensor:
         """Expected counts ``(B, C, H, W)`` of object patches under this model's probe."""

@@ -2,12 +2,16 @@
 
 The default generator (:class:`UNetGenerator`) has three stages:
 
-1. :class:`BackPropagation`, a fixed (not trained) physics layer.  Each measured amplitude
+1. :class:`BackPropagation`, a physics layer without weights.  Each measured amplitude
    pattern ``sqrt(n)`` is given the phase of the probe's own far field and propagated back to
-   real space, then divided by the probe (Wiener-regularised)::
+   real space, then divided by the probe (Wiener-regularised); single mode::
 
        psi0 = F^-1( sqrt(n) * exp(i arg F(P)) ),      O0 = psi0 * conj(P) / (|P|^2 + eps max|P|^2)
 
+   (with several incoherent modes the amplitude is shared among them and the per-mode
+   estimates are combined with the total intensity ``sum_k |P_k|^2``: see the class).  The probe
+   is the one given at construction, or a runtime one (``forward(counts, probe)``, a probe being
+   learned, differentiably).
    For a flat object ``O = a`` this returns ``O0 = a`` exactly inside the probe, so ``O0`` is in
    absolute transmission units (the probe is in photon units; no other scale enters);
    for a structured object it is a twin-image-like first estimate.  Measured on the "lines"
@@ -54,34 +58,68 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class BackPropagation(nn.Module):
-    """Fixed physics layer: counts ``(B, C, N, N)`` -> first object estimate ``O0``.
+    """Physics layer: counts ``(B, C, N, N)`` -> first object estimate ``O0``, every probe mode.
+
+    With modes ``P_k`` (far fields ``F_k = F(P_k)``, ``S = sum_k |F_k|^2``) the measured
+    amplitude is shared among the modes in proportion to their far-field amplitude and each
+    share is propagated back with its mode's phase; the per-mode exit waves are then combined by
+    a Wiener estimate with the total probe intensity ``I = sum_k |P_k|^2``::
+
+        r_k   = sqrt((|F_k|^2 + tau q_k) / (S + tau))      q_k = sum|P_k|^2 / sum|P|^2,
+                                                           tau = 1e-6 max S (floor off the beam)
+        psi_k = F^-1( sqrt(n) r_k exp(i arg F_k) )
+        O0    = sum_k conj(P_k) psi_k / (I + eps max I)
+
+    For a flat object ``O = a`` (``n = |a|^2 S``) this gives ``psi_k = |a| P_k`` wherever
+    ``S >> tau``, hence ``O0 = |a| I / (I + eps max I)``: the transmission inside the probe for
+    any number of modes.  ``sum_k r_k^2 = 1`` everywhere, and with one mode ``r = 1``: the
+    single-mode layer of earlier versions exactly.
 
     Parameters
     ----------
-    probe : complex ``(N, N)`` or ``(M, N, N)`` in photon units.  With several modes the most
-        intense one is used, its far-field amplitude scaled by ``sqrt(power_mode / power_total)``
-        so that a flat object still comes back with the right transmission.
+    probe : complex ``(N, N)`` or ``(M, N, N)`` in photon units; its kernel and inverse probe are
+        stored as (non-persistent) buffers for :meth:`forward` without a probe.
     eps : float
-        Wiener regulariser relative to ``max |P|^2``; outside the probe ``O0`` tends to 0.
+        Wiener regulariser relative to ``max I``; outside the probe ``O0`` tends to 0.
     """
 
     def __init__(self, probe: torch.Tensor, eps: float = 0.01):
         super().__init__()
-        modes = physics.probe_modes(torch.as_tensor(probe)).to(torch.complex64)
-        power = modes.abs().square().sum(dim=(-2, -1))
-        p = modes[int(torch.argmax(power))]
-        gain = math.sqrt(float(power.max() / power.sum()))
-        phase = torch.angle(physics.far_field(p))
+        self.eps = float(eps)
+        kernel, inverse = self.operators(torch.as_tensor(probe))
         # derived from the probe, so not saved with the weights (persistent=False)
-        self.register_buffer("kernel", torch.polar(torch.full_like(phase, gain), phase),
-                             persistent=False)
-        i2 = p.abs().square()
-        self.register_buffer("inverse_probe", p.conj() / (i2 + eps * i2.max()), persistent=False)
+        self.register_buffer("kernel", kernel, persistent=False)
+        self.register_buffer("inverse_probe", inverse, persistent=False)
 
-    def forward(self, counts: torch.Tensor) -> torch.Tensor:
-        """``(B, C, N, N)`` float counts -> ``(B, C, N, N)`` complex object estimate."""
+    def operators(self, probe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kernel ``r_k exp(i arg F_k)`` and inverse probe ``conj(P_k) / (I + eps max I)``, both
+        complex ``(M, N, N)``, from a probe ``(N, N)`` or ``(M, N, N)`` (differentiable)."""
+        modes = physics.probe_modes(probe).to(torch.complex64)
+        far = physics.far_field(modes)
+        f2 = far.real.square() + far.imag.square()  # (M, N, N)
+        s = f2.sum(0)
+        power = f2.sum(dim=(-2, -1))
+        q = (power / power.sum())[:, None, None]
+        tau = 1e-6 * s.max().detach()
+        share = torch.sqrt((f2 + tau * q) / (s + tau))
+        tiny = 1e-30 * f2.max().detach() + 1e-38
+        kernel = far * (share / torch.sqrt(f2 + tiny))
+        i2 = modes.real.square() + modes.imag.square()
+        total = i2.sum(0)
+        inverse = modes.conj() / (total + self.eps * total.max().detach())
+        return kernel, inverse
+
+    def forward(self, counts: torch.Tensor, probe: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C, N, N)`` float counts -> ``(B, C, N, N)`` complex object estimate.
+
+        ``probe``: complex ``(N, N)`` or ``(M, N, N)``, optional; when given (e.g. a probe being
+        learned) the operators are computed from it, differentiably, instead of the buffers.
+        """
+        kernel, inverse = (self.kernel, self.inverse_probe) if probe is None else \
+            self.operators(probe)
         amplitudes = counts.to(torch.float32).clamp_min(0).sqrt()
-        return physics.inverse_far_field(amplitudes * self.kernel) * self.inverse_probe
+        psi = physics.inverse_far_field(amplitudes.unsqueeze(-3) * kernel)  # (B, C, M, N, N)
+        return (psi * inverse).sum(dim=-3)
 
 
 class UNetGenerator(nn.Module):
@@ -120,18 +158,23 @@ class UNetGenerator(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, counts: torch.Tensor) -> torch.Tensor:
-        """``(B, C, N, N)`` float counts -> ``(B, C, N, N)`` complex patches."""
+    def forward(self, counts: torch.Tensor, probe: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C, N, N)`` float counts -> ``(B, C, N, N)`` complex patches.
+
+        ``probe``: complex ``(N, N)`` or ``(M, N, N)``, optional; the physics layer uses it
+        (differentiably: a probe being learned) instead of the one given at construction.
+        """
         if counts.ndim != 4 or counts.shape[1] != self.members:
             raise ValueError(
                 f"counts: expected shape (B, {self.members}, H, W), got {tuple(counts.shape)}")
         h = counts.shape[-1]
         if h % 2**self.depth:
             raise ValueError(f"pattern size: expected a multiple of {2**self.depth}, got {h}")
-        if tuple(counts.shape[-2:]) != tuple(self.backprop.kernel.shape):
-            raise ValueError(f"pattern size: expected {tuple(self.backprop.kernel.shape)} (the "
-                             f"probe's), got {tuple(counts.shape[-2:])}")
-        o0 = self.backprop(counts)
+        want = tuple(self.backprop.kernel.shape[-2:])
+        if tuple(counts.shape[-2:]) != want:
+            raise ValueError(f"pattern size: expected {want} (the probe's), got "
+                             f"{tuple(counts.shape[-2:])}")
+        o0 = self.backprop(counts, probe)
         x = torch.cat([o0.real, o0.imag], dim=1)
         skips = [self.stem(x)]
         for down in self.down:

@@ -30,15 +30,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ptypinn import io, physics
-from ptypinn.config import Config
+from ptypinn.config import Config, RefineConfig
 from ptypinn.data import ScanData, pattern_totals, probe_power, to_photon_units
 from ptypinn.grouping import Groups, group_patterns
 from ptypinn.pinn import TrainingDiverged
 from ptypinn.pinn.bundle import Bundle, save_bundle
-from ptypinn.pinn.models import build_model, derive_amplitude_max
+from ptypinn.pinn.models import build_model, derive_amplitude_max, initial_probe_modes
+from ptypinn.refinement import refine
 
 __all__ = ["TrainingDiverged", "GroupDataset", "LitPtycho", "TrainResult", "train_model",
-           "split_groups", "check_training", "DIVERGENCE_FACTOR"]
+           "split_groups", "check_training", "DIVERGENCE_FACTOR", "start_probe"]
 
 log = logging.getLogger(__name__)
 
@@ -151,18 +152,38 @@ class LitPtycho(L.LightningModule):
 
     def on_train_end(self) -> None:
         if self.trainer.world_size > 1:
-            vec = torch.cat([p.detach().double().flatten() for p in self.model.parameters()])
+            vec = torch.cat([(torch.view_as_real(p.detach()) if p.is_complex() else p.detach())
+                             .double().flatten() for p in self.model.parameters()])
             sig = torch.stack([vec.sum(), (vec * torch.arange(vec.numel(), dtype=vec.dtype,
                                                               device=vec.device)).sum()])
             gathered = self.trainer.strategy.all_gather(sig)
             self.ranks_identical = bool(torch.all(gathered == gathered[0]))
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        constrain = getattr(self.model, "constrain_probe", None)
+        if constrain is not None:
+            constrain()  # a learned probe: orthogonal modes, fixed total power
+
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.learning_rate)
+        lr = self.cfg.train.learning_rate
+        if getattr(self.model, "learns_probe", False):
+            probe = self.model.probe
+            rest = [p for n, p in self.model.named_parameters() if n != "probe"]
+            probe_lr = self.cfg.model.probe_learning_rate * float(probe.detach().abs().max())
+            opt = torch.optim.Adam([{"params": rest, "lr": lr},
+                                    {"params": [probe], "lr": probe_lr}])
+        else:
+            opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         if self.cfg.train.lr_schedule == "constant":
             return opt
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=self.cfg.train.epochs, eta_min=self.cfg.train.learning_rate * 0.02)
+        epochs = self.cfg.train.epochs
+        if len(opt.param_groups) > 1:  # the same cosine to 2 %, relative to each group's rate
+            sched: Any = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda e: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(e, epochs)
+                                                                 / epochs)))
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=epochs, eta_min=self.cfg.train.learning_rate * 0.02)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
@@ -245,6 +266,41 @@ def check_training(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
         _check_checkpoint(last, LitPtycho(model, cfg))
 
 
+def start_probe(cfg: Config, scan: ScanData) -> tuple[ScanData, dict[str, Any]]:
+    """The scan with the starting probe of a learned probe (``model.learn_probe``).
+
+    The scan's probe (in photon units) becomes ``model.probe_modes`` orthogonal modes
+    (:func:`~ptypinn.pinn.models.initial_probe_modes`); then, with
+    ``model.probe_start_epochs > 0``, object and probe are refined from a flat object by Poisson
+    maximum likelihood over the whole scan (:func:`ptypinn.refinement.refine`, ``refine_probe``,
+    on ``train.accelerator``'s device) and the refined probe, rescaled to the starting total
+    power (the scale rule's photons: the object/probe scale stays pinned), replaces it.
+
+    Returns
+    -------
+    (ScanData, dict)
+        The scan with that probe, and a summary for the bundle's manifest (epochs, NLL per
+        pixel before and after).
+    """
+    modes = initial_probe_modes(torch.from_numpy(scan.probe_modes), cfg.model.probe_modes)
+    probe = modes.numpy()
+    power = probe_power(probe)
+    summary: dict[str, Any] = {"start_epochs": 0}
+    if cfg.model.probe_start_epochs > 0:
+        device = "cpu" if cfg.train.accelerator == "cpu" else "auto"
+        res = refine(scan, RefineConfig(epochs=cfg.model.probe_start_epochs, refine_probe=True,
+                                        device=device, seed=cfg.train.seed), probe_init=probe)
+        refined = np.asarray(res.probe, dtype=np.complex64).reshape(probe.shape)
+        probe = refined * np.float32(math.sqrt(power / probe_power(refined)))
+        nll0, nll1 = res.nll_history[0][2], res.nll_history[-1][2]
+        log.info("probe: %d epochs of maximum-likelihood refinement from a flat object "
+                 "(%s), data NLL %.4g -> %.4g per pixel; the network starts from that probe",
+                 res.epochs, res.stop_reason, nll0, nll1)
+        summary = {"start_epochs": int(res.epochs), "start_nll_before": float(nll0),
+                   "start_nll_after": float(nll1)}
+    return scan.replace(probe=probe.astype(np.complex64)), summary
+
+
 def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
                 resume: bool = False) -> TrainResult:
     """Train a PINN or baseline on one (training) scan; return the bundle, also written to
@@ -272,6 +328,9 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
     with_truth = cfg.model.kind == "baseline"
     check_training(cfg, scan, out_dir, resume)
     scan = to_photon_units(scan)
+    probe_start: dict[str, Any] = {}
+    if cfg.model.learn_probe:
+        scan, probe_start = start_probe(cfg, scan)
     if cfg.model.amplitude_max is None:
         cap = derive_amplitude_max(scan.probe, scan.counts, scan.bad_pixels)
         log.info("model.amplitude_max from the data: %.4g", cap)
@@ -346,6 +405,8 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
     training["photons_per_pattern"] = float(pattern_totals(scan).mean())  # bad pixels filled in
     training["probe_power_photons"] = probe_power(scan.probe)
     training["scale_rule"] = scan.meta.get("scale_rule", "file-units")
+    if cfg.model.learn_probe:
+        training["probe_learned"] = {**probe_start, "modes": int(model.probe.shape[0])}
     bundle = Bundle.create(model, cfg, extra={"training": training})
     if trainer.is_global_zero:
         save_bundle(fields["bundle_dir"], bundle)
