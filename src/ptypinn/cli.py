@@ -380,6 +380,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                         existing_ok=args.overwrite or _secondary_rank())
     _check_devices(cfg, ("infer", "refine"))
     scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern)
+    # a probe estimated from the data is always learned, unless --no-learn-probe says otherwise
+    learn = args.learn_probe
+    if learn is None:
+        learn = cfg.model.learn_probe or "probe_estimated" in scan.meta
+    cfg = _with_flags(cfg, "model", learn_probe=learn, probe_modes=args.probe_modes)
+    if learn:
+        log.info("learning the probe (%s modes) jointly with the network",
+                 cfg.model.probe_modes or scan.probe_modes.shape[0])
     formats = _formats(args, scan)
     ptypinn.check_training(cfg, scan, out / "run")
     _log_to_file(out)
@@ -388,6 +396,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     bundle = ptypinn.train_model(cfg, scan, out / "run").bundle
     train_s = time.perf_counter() - t0
+    if cfg.model.learn_probe:  # stitching, data NLL and refinement use the learned probe
+        scan = scan.replace(probe=bundle.model.probe.detach().cpu().numpy())
     recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress())
     refined = _refine_pinn(recon, scan, cfg)
     _print_summary(write_outputs(out, recon, scan, {"train_time_s": train_s}, refined=refined,
@@ -532,6 +542,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write into an existing output directory, replacing its files")
     r.add_argument("--measurement", **measurement)
     _add_scale(r)
+    r.add_argument("--learn-probe", action=argparse.BooleanOptionalAction, default=None,
+                   help="learn the probe jointly with the network (model.learn_probe; default: "
+                   "the config's, and on when the file has no probe and it is estimated from "
+                   "the data)")
+    r.add_argument("--probe-modes", type=int, default=None, metavar="K",
+                   help="incoherent probe modes to learn (model.probe_modes, 1-8; default: the "
+                   "file probe's)")
     _add_refine(r)
     _add_format(r)
     r.set_defaults(func=cmd_reconstruct)

@@ -56,6 +56,7 @@ from ptypinn.data import (
     CountStatistics,
     ScanData,
     count_statistics,
+    estimate_probe,
     frame_shift_px,
     window_outside,
 )
@@ -328,15 +329,14 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
             _fail(path, trans_path, "finite values", "NaN/Inf")
 
         probe_path = _first(f, CXI_PROBE)
-        if probe_path is None:
-            raise ValueError(f"{path}: {CXI_PROBE[0]}: missing (also looked at "
-                             f"{', '.join(CXI_PROBE[1:])}); a probe estimate is required")
-        probe = _read(f, probe_path, path)
-        while probe.ndim > 3 and probe.shape[0] == 1:
-            probe = probe[0]
-        if probe.ndim not in (2, 3) or probe.shape[-2:] != (h, w):
-            _fail(path, probe_path, f"shape ({h}, {w}) or (modes, {h}, {w}) matching the "
-                  f"detector frames in {data_path}", probe.shape)
+        probe = None
+        if probe_path is not None:
+            probe = _read(f, probe_path, path)
+            while probe.ndim > 3 and probe.shape[0] == 1:
+                probe = probe[0]
+            if probe.ndim not in (2, 3) or probe.shape[-2:] != (h, w):
+                _fail(path, probe_path, f"shape ({h}, {w}) or (modes, {h}, {w}) matching the "
+                      f"detector frames in {data_path}", probe.shape)
 
         bad = None
         if CXI_MASK in f:
@@ -420,6 +420,13 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
         "positions_shift_px": shift.tolist(),
         "positions_convention": "probe centre = origin - sample translation (CXI x -> column)",
     })
+    if probe is None:  # no illumination in the file: a data-derived start, to be learned
+        probe, fit = estimate_probe(counts, bad)
+        log.warning("%s: %s: missing (also looked at %s); estimated the probe from the data "
+                    "(defocused aperture, pupil radius %.3g px; reconstruct learns it)", path,
+                    CXI_PROBE[0], ", ".join(CXI_PROBE[1:]), fit["pupil_radius_px"])
+        meta["probe_calibrated"] = False
+        meta["probe_estimated"] = fit
     try:
         return ScanData(counts=counts.astype(np.float32), positions_px=pos, probe=probe,
                         object_true=extras.get("object_true"),

@@ -31,8 +31,10 @@ from ptypinn.data import (
     CHUNK_PATTERNS,
     ScanData,
     ScanSummary,
+    check_counts,
     check_scan_fields,
     count_statistics,
+    estimate_probe,
     frame_shift_px,
 )
 from ptypinn.io import hdf5
@@ -162,13 +164,20 @@ def _refuse_degenerate_positions(path: str | os.PathLike, scan: ScanData | ScanS
 
 def _read_canonical_npz(path: str | os.PathLike) -> ScanData:
     z = load_npz(path)
-    missing = [k for k in ("counts", "positions_px", "probe") if k not in z]
+    missing = [k for k in ("counts", "positions_px") if k not in z]
     if missing:
         raise ValueError(f"{path}: missing required key(s) {missing}")
     meta = json_object(str(z["meta"]), f"{path}: key 'meta'") if "meta" in z else {}
+    probe = z.get("probe")
     try:
+        if probe is None:  # no probe in the file: a data-derived start, to be learned
+            probe, fit = estimate_probe(check_counts(z["counts"]), z.get("bad_pixels"))
+            log.warning("%s: key 'probe': missing; estimated the probe from the data (defocused "
+                        "aperture, pupil radius %.3g px; reconstruct learns it)", path,
+                        fit["pupil_radius_px"])
+            meta = {**meta, "probe_calibrated": False, "probe_estimated": fit}
         return ScanData(
-            counts=z["counts"], positions_px=z["positions_px"], probe=z["probe"],
+            counts=z["counts"], positions_px=z["positions_px"], probe=probe,
             object_true=z.get("object_true"), object_guess=z.get("object_guess"),
             bad_pixels=z.get("bad_pixels"), meta=meta,
         )
@@ -288,6 +297,8 @@ def _summarize_canonical_npz(path: str | os.PathLike, patterns: int) -> ScanSumm
     if not _streamable(path, "counts"):
         return ScanSummary.from_scan(_read_canonical_npz(path), patterns)
     z = load_npz(path, skip={"counts"})
+    if "probe" not in z:  # the probe is estimated from the data: read them whole
+        return ScanSummary.from_scan(_read_canonical_npz(path), patterns)
     missing = [k for k in ("positions_px", "probe") if k not in z]
     if missing:
         raise ValueError(f"{path}: missing required key(s) {missing}")
