@@ -117,7 +117,6 @@ NPZ_CASES = {
     "no_counts_but_diffraction_none": (lambda a: _without(_without(a, "counts"), "format"),
                                        "counts"),
     "no_positions": (lambda a: _without(a, "positions_px"), "positions_px"),
-    "no_probe": (lambda a: _without(a, "probe"), "probe"),
     "counts_2d": (lambda a: {**a, "counts": a["counts"][0]}, "counts"),
     "counts_scalar": (lambda a: {**a, "counts": np.float32(3)}, "counts"),
     "counts_nan": (lambda a: {**a, "counts": np.where(a["counts"] > 0, np.nan, 0)}, "counts"),
@@ -148,6 +147,19 @@ def test_bad_canonical_npz(case, command, scan, tmp_path, capsys):
             else ["train", "--train", bad, "-o", tmp_path / "run", *TINY])
     refused(capsys, argv, bad.name, key)
     assert snapshot(tmp_path) == before  # no run directory, log or config left behind
+
+
+def test_npz_without_probe_is_read_but_not_trained_on(scan, tmp_path, capsys):
+    """A file without probe gets one estimated from the data (issue 13): ``info`` reads it,
+    ``train`` refuses it unless the probe is learned."""
+    bad = tmp_path / "no_probe.npz"
+    np.savez(bad, **_without(_npz_arrays(scan), "probe"))
+    assert main(["info", str(bad)]) == 0
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    refused(capsys, ["train", "--train", bad, "-o", tmp_path / "run", *TINY], "probe",
+            "model.learn_probe")
+    assert snapshot(tmp_path) == before
 
 
 def _npz_with_header(path: Path, key: str, shape: tuple[int, ...], dtype: str = "<f4") -> None:

@@ -247,13 +247,17 @@ def check_training(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
     Raises
     ------
     ValueError
-        A baseline without ground truth, fewer patterns than a group, an unavailable
+        A baseline without ground truth, a probe estimated from the data (a file without
+        probe) that is not learned, fewer patterns than a group, an unavailable
         accelerator, or (``resume``) a missing, unreadable or mismatched
         ``out_dir/checkpoints/last.ckpt``.
     """
     if cfg.model.kind == "baseline" and scan.object_true is None:
         raise ValueError("model.kind='baseline' needs ground truth (object_true): the scan has "
                          "none; use model.kind=pinn for measured data")
+    if "probe_estimated" in scan.meta and not cfg.model.learn_probe:
+        raise ValueError("scan: expected a probe, got a file without one (estimated from the "
+                         "data, a rough start only); set model.learn_probe=true to learn it")
     if scan.counts.shape[0] < cfg.grouping.group_size:
         raise ValueError(f"scan: expected at least {cfg.grouping.group_size} patterns for "
                          f"gridsize {cfg.grouping.gridsize}, got {scan.counts.shape[0]}")
