@@ -11,6 +11,10 @@ PINN forward pass (one group of C patterns, SPEC §5)::
       --> I_c = exp(t) * sum_k |F(P_k O_c)|^2                      (predicted counts)
       --> Poisson NLL against the measured counts
 
+The probe ``P`` is a fixed buffer, or with ``model.learn_probe`` a trained parameter (modes
+kept orthogonal and the total power fixed by :meth:`PINN.constrain_probe` after every step; the
+generator's physics layer is fed the current probe; see docs/conventions.md, "Probe learning").
+
 ``t`` is the log of an optional trainable intensity correction (0 and frozen by default: the probe
 is in photon units, see ``data``).  The reported loss is
 :func:`ptypinn.physics.excess_nll_per_pixel`: the Poisson NLL per pixel minus that of the
