@@ -3,11 +3,14 @@
 Usage (one CPU thread; about 1-3 min with the defaults)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/probe_learning.py [--epochs 30] [--error 0.5]
+        [--defocus 8] [--start-epochs 50] [--probe-lr 1e-3] [--from-data [--radius R]]
 
 Simulates a 'lines' scan with a defocused-aperture probe (N=32, real-space radius 8 px, defocus
 ``--defocus`` rad at the pupil edge, 1e6 photons per pattern), replaces its probe by the same
 aperture with the defocus off by ``--error`` (0.5: 50 % too small) and the same power, trains
-the PINN on it with ``model.learn_probe`` (gridsize 2) and prints, after every epoch, the
+the PINN on it with ``model.learn_probe`` (gridsize 2; first the maximum-likelihood start of
+``model.probe_start_epochs``, :func:`ptypinn.pinn.train.start_probe`; ``--from-data`` starts from
+:func:`ptypinn.data.estimate_probe` instead) and prints, after every epoch, the
 probe correlation :func:`ptypinn.metrics.probe_correlation` with the true probe (global phase
 removed; also with a linear phase ramp removed) and the training loss.  Prints the machine first.
 """
@@ -26,7 +29,7 @@ import torch
 
 from ptypinn.config import (Config, GroupingConfig, ModelConfig, SimulationConfig,
                             TrainConfig)
-from ptypinn.data import defocused_aperture, probe_power
+from ptypinn.data import defocused_aperture, estimate_probe, probe_power
 from ptypinn.grouping import group_patterns
 from ptypinn.metrics import probe_correlation
 from ptypinn.pinn.models import build_model
@@ -75,13 +78,22 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--gridsize", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--from-data", action="store_true",
+                    help="start from data.estimate_probe (no probe) instead of the wrong defocus")
+    ap.add_argument("--radius", type=float, default=None,
+                    help="with --from-data: the estimate's real-space radius (default N/4)")
     args = ap.parse_args()
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
     scan, start = wrong_defocus_scan(args.defocus, args.error)
+    what = f"defocus {args.defocus * (1 - args.error):.3g} rad"
+    if args.from_data:
+        est, fit = estimate_probe(scan.counts, radius_px=args.radius)
+        what = f"the estimate from the data {fit}"
+        start = scan.replace(probe=est)
     print(f"scan: {scan.n_patterns} patterns {scan.pattern_size}x{scan.pattern_size}, defocus "
-          f"{args.defocus} rad, start defocus {args.defocus * (1 - args.error):.3g} rad; start "
-          f"correlation {probe_correlation(start.probe, scan.probe):.4f}")
+          f"{args.defocus} rad; start: {what}; start correlation "
+          f"{probe_correlation(start.probe, scan.probe):.4f}")
     cfg = Config(grouping=GroupingConfig(gridsize=args.gridsize),
                  model=ModelConfig(width=args.width, depth=2, learn_probe=True,
                                    probe_learning_rate=args.probe_lr,
