@@ -50,6 +50,22 @@ def test_backpropagation_flat_object_with_two_different_modes_is_analytic():
     assert float((off.abs().double() - expected)[inside].abs().max()) > 0.05
 
 
+@pytest.mark.parametrize("kind", ["disk", "flat"])
+def test_single_mode_layer_is_the_former_one(kind):
+    """One mode: kernel exp(i arg F(P)) (1 where F(P) = 0) and inverse conj(P)/(|P|^2 + eps max),
+    written out here independently with numpy."""
+    p = _two_mode_probe()[0] if kind == "disk" else torch.ones(32, 32, dtype=torch.complex64)
+    far = np.fft.fftshift(np.fft.fft2(p.numpy().astype(np.complex128), norm="ortho"))
+    kernel = np.exp(1j * np.angle(far))
+    i2 = np.abs(p.numpy()) ** 2
+    inverse = np.conj(p.numpy()) / (i2 + 0.01 * i2.max())
+    counts = torch.rand(1, 1, 32, 32) * 100
+    want = np.fft.ifft2(np.fft.ifftshift(np.sqrt(counts.numpy()[0, 0]) * kernel),
+                        norm="ortho") * inverse
+    got = BackPropagation(p)(counts)[0, 0].numpy()
+    assert np.allclose(got, want, atol=1e-5 * np.abs(want).max())
+
+
 def test_runtime_probe_equals_the_stored_probe():
     probe = _two_mode_probe()
     other = probe.flip(-1) * 0.3 + 1.0

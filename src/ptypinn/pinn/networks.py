@@ -102,8 +102,10 @@ class BackPropagation(nn.Module):
         q = (power / power.sum())[:, None, None]
         tau = 1e-6 * s.max().detach()
         share = torch.sqrt((f2 + tau * q) / (s + tau))
+        # exp(i arg F_k); where F_k vanishes the phase is arbitrary: 1 (as torch.angle(0) = 0)
         tiny = 1e-30 * f2.max().detach() + 1e-38
-        kernel = far * (share / torch.sqrt(f2 + tiny))
+        unit = torch.where(f2 > tiny, far / torch.sqrt(f2 + tiny), torch.ones_like(far))
+        kernel = unit * share
         i2 = modes.real.square() + modes.imag.square()
         total = i2.sum(0)
         inverse = modes.conj() / (total + self.eps * total.max().detach())
