@@ -231,3 +231,22 @@ def test_scan_without_probe_is_reconstructed_end_to_end(tmp_path, capsys, caplog
     manifest = json.loads((out / "run" / "bundle" / "manifest.json").read_text())
     assert manifest["training"]["probe_learned"]["start_epochs"] == 5
     assert (out / "config.resolved.yaml").read_text().count("learn_probe: true") == 1
+
+
+def test_cxi_without_probe_gets_the_estimate(tmp_path):
+    import h5py
+
+    scan = _defocus_scan(4.0, object_size_px=48)
+    scan = scan.replace(meta={**scan.meta, "photon_energy_eV": 8000.0,
+                              "detector_distance_m": 2.0, "detector_pixel_size_m": 75e-6})
+    path = tmp_path / "scan.cxi"
+    io.write_cxi(path, scan)
+    with h5py.File(path, "a") as f:
+        for k in ("/entry_1/instrument_1/source_1/illumination", "/entry_1/instrument_1/"
+                  "detector_1/probe", "/entry_1/instrument_1/source_1/probe", "/entry_1/probe"):
+            if k in f:
+                del f[k]
+    read = io.read_scan(path)
+    want, fit = estimate_probe(scan.counts)
+    assert read.meta["probe_estimated"] == pytest.approx(fit)
+    assert np.allclose(read.probe, want) and not read.meta["probe_calibrated"]
