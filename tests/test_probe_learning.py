@@ -231,6 +231,12 @@ def test_scan_without_probe_is_reconstructed_end_to_end(tmp_path, capsys, caplog
     manifest = json.loads((out / "run" / "bundle" / "manifest.json").read_text())
     assert manifest["training"]["probe_learned"]["start_epochs"] == 5
     assert (out / "config.resolved.yaml").read_text().count("learn_probe: true") == 1
+    # the bundle applied to the probe-less file takes its learned probe, not the estimate
+    inf = tmp_path / "inf"
+    capsys.readouterr()
+    assert main(["infer", str(out / "run"), "--scan", str(path), "-o", str(inf),
+                 "--set", "infer.device=cpu"]) == 0
+    assert "using the bundle's" in capsys.readouterr().err
 
 
 def test_cxi_without_probe_gets_the_estimate(tmp_path):

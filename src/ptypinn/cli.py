@@ -77,9 +77,15 @@ def _read_scan(path: str, measurement: str | None = None,
                photons_per_pattern: float | None = None, bundle: Any = None):
     """Read a scan and bring it to photon units by the one rule of every command
     (``data.to_photon_units``; with a bundle, ``pinn.infer.prepare_scan``, which also warns when
-    the bundle's training beam or flux does not match the scan)."""
+    the bundle's training beam or flux does not match the scan).  A file without probe gets the
+    bundle's probe when there is a bundle, else the estimate from the data (``io`` readers)."""
     scan = ptypinn.read_scan(path, measurement=measurement)
     if bundle is not None:
+        probe = bundle.model.probe.detach().cpu().numpy()
+        if "probe_estimated" in scan.meta and probe.shape[-1] == scan.pattern_size:
+            log.info("%s has no probe: using the bundle's (the training beam) instead of the "
+                     "estimate from the data", path)
+            scan = scan.replace(probe=probe)
         return ptypinn.prepare_scan(bundle, scan, photons_per_pattern)
     return ptypinn.to_photon_units(scan, photons_per_pattern=photons_per_pattern)
 
