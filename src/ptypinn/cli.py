@@ -353,6 +353,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    from ptypinn import io
     from ptypinn.workflows.outputs import write_outputs
 
     cfg = _with_refine_flags(_config(args), args)
@@ -362,7 +363,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     bundle = ptypinn.load_bundle(args.run)
     scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern, bundle)
     formats = _formats(args, scan)
-    recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress())
+    recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress(),
+                                allocate=io.scratch_array)
     refined = _refine_pinn(recon, scan, cfg)
     _log_to_file(out)
     _write_config(out, cfg)
@@ -373,6 +375,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from ptypinn import io
     from ptypinn.workflows.outputs import write_outputs
 
     cfg = _quiet_training(_with_refine_flags(_config(args), args))
@@ -388,7 +391,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     bundle = ptypinn.train_model(cfg, scan, out / "run").bundle
     train_s = time.perf_counter() - t0
-    recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress())
+    recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress(),
+                                allocate=io.scratch_array)
     refined = _refine_pinn(recon, scan, cfg)
     _print_summary(write_outputs(out, recon, scan, {"train_time_s": train_s}, refined=refined,
                                  formats=formats, provenance=prov))

@@ -210,7 +210,8 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
                  if ptychi is not None or refine is not None else None)
     arms: list[ArmResult] = []
     for kind, where, bundle in networks:
-        rec = reconstruct(bundle, scan, infer_cfg, progress=progress)
+        rec = reconstruct(bundle, scan, infer_cfg, progress=progress,
+                        allocate=io.scratch_array)
         arms.append(ArmResult(
             name=ARM_LABELS[kind], object=rec.object, covered=rec.covered,
             wall_time_s=rec.wall_time_s, patterns_per_s=rec.patterns_per_s,
