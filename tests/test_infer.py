@@ -185,3 +185,14 @@ def test_one_pass_synchronization_equals_the_two_pass_reference(bundle, tiny_pai
         assert rec.nll_without_sync == pytest.approx(float(np.mean(data_nll(obj_raw, scan))),
                                                      rel=1e-5)
     assert spilled and spilled[0][0] == test.n_patterns  # the crop cache was memory-mapped
+
+
+def test_channels_last_gives_the_same_reconstruction(bundle, tiny_pair):
+    _, test = tiny_pair
+    plain = reconstruct(bundle, test, InferConfig(device="cpu", channels_last=False))
+    fast = reconstruct(bundle, test, InferConfig(device="cpu", channels_last=True))
+    assert any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last)
+               and not p.is_contiguous() for p in bundle.model.parameters())
+    np.testing.assert_allclose(fast.object, plain.object, atol=1e-5)
+    np.testing.assert_allclose(fast.phase_offsets_rad, plain.phase_offsets_rad, atol=1e-5)
+    bundle.model.to(memory_format=torch.contiguous_format)  # the shared fixture as it was

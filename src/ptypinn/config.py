@@ -354,6 +354,9 @@ class InferConfig:
     phase_sync_reg : float or None
         Relative Tikhonov weight of the phase solve; None: 0 for gridsize > 1, 0.01 for
         gridsize 1 (:func:`ptypinn.pinn.infer.phase_sync_reg`).
+    channels_last : bool
+        On a CPU device, run the network's convolutions in the channels-last memory format (same
+        results; faster with oneDNN, measured in docs/benchmarks.md).  Ignored on CUDA.
     """
 
     batch_size: int = 256
@@ -362,6 +365,7 @@ class InferConfig:
     device: str = "auto"
     phase_sync: bool = True
     phase_sync_reg: float | None = None
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "infer.batch_size", ">= 1", self.batch_size)

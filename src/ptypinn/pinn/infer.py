@@ -248,6 +248,8 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
     allocate = allocate or np.empty
     device = resolve_device(cfg.device)
     model = bundle.model.to(device).eval()
+    if cfg.channels_last and device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)  # in place, like .to(device)
     n = scan.pattern_size
     n_pat = scan.n_patterns
     crop = cfg.crop_px or default_crop_px(scan.probe)
