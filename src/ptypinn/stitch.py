@@ -178,6 +178,16 @@ class Stitcher:
         self._den += place_patches(mask, pos, self.shape)
         self.n_added += m
 
+    def all_reduce(self) -> None:
+        """Sum the canvases of every rank of the default ``torch.distributed`` process group
+        into each rank's (stitching is additive: ranks that stitched disjoint sets of patches
+        then hold the stitch of all of them).  A no-op outside a process group."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        # real views: not every backend (gloo) reduces complex tensors
+        torch.distributed.all_reduce(torch.view_as_real(self._num))
+        torch.distributed.all_reduce(self._den)
+
     def result(self, min_weight: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
         """Overlap-normalized object.
 

@@ -43,7 +43,7 @@ from ptypinn.pinn.bundle import Bundle
 from ptypinn.physics import data_nll, window_starts
 from ptypinn.stitch import Stitcher, crop_start_px, default_crop_px, synchronize_phases
 
-__all__ = ["Reconstruction", "resolve_device", "phase_sync_reg", "reconstruct",
+__all__ = ["Reconstruction", "resolve_device", "phase_sync_reg", "reconstruct", "process_group",
            "MISMATCH_TOLERANCE", "bundle_beam_power", "bundle_mismatch", "prepare_scan"]
 
 log = logging.getLogger(__name__)
@@ -219,6 +219,32 @@ def _rim_patterns(positions_px: np.ndarray, patch_size: int, covered: np.ndarray
     return np.flatnonzero(n_out > 0)
 
 
+def process_group() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default ``torch.distributed`` process group, ``(0, 1)``
+    outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _share_blocks(array: np.ndarray, bounds: np.ndarray, chunk: int,
+                  device: torch.device) -> None:
+    """Give every rank rows ``bounds[r]:bounds[r + 1]`` of ``array`` (complex), which rank ``r``
+    filled: broadcast from their owner in chunks of ``chunk`` rows (memory O(chunk))."""
+    rank, _ = process_group()
+    for r in range(len(bounds) - 1):
+        for a in range(int(bounds[r]), int(bounds[r + 1]), chunk):
+            b = min(a + chunk, int(bounds[r + 1]))
+            if rank == r:
+                buf = torch.from_numpy(np.ascontiguousarray(array[a:b])).to(device)
+            else:
+                buf = torch.empty((b - a, *array.shape[1:]), dtype=torch.complex64,
+                                  device=device)
+            torch.distributed.broadcast(torch.view_as_real(buf), src=r)
+            if rank != r:
+                array[a:b] = buf.cpu().numpy()
+
+
 def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool = False,
                 allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None
                 ) -> Reconstruction:
@@ -235,6 +261,15 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
     rim of the covered region are kept for the synchronized stitch; ``allocate(shape, dtype)``
     makes those arrays (default: ``numpy.empty``, in memory; :func:`ptypinn.io.scratch_array`
     spills large ones to a memory-mapped temporary file).
+
+    Data-parallel: called in every rank of an initialized ``torch.distributed`` process group
+    (e.g. under ``torchrun`` or a Lightning Fabric/Trainer DDP strategy), each rank runs the
+    network on its own contiguous block of patterns and stitches it onto its own canvases; one
+    all-reduce per canvas merges them (:meth:`~ptypinn.stitch.Stitcher.all_reduce`).  With
+    synchronization the cached crops are broadcast to every rank, which then all solve the
+    same phase problem; each rank stitches its block with the offsets, and the canvases are
+    all-reduced again.  Every rank returns the same reconstruction (the data NLL is computed
+    on every rank).
 
     Raises
     ------
@@ -287,6 +322,9 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
                 Stitcher(shape, n, crop_px=None, device=device))
 
     t0 = time.perf_counter()
+    rank, world = process_group()
+    bounds = np.linspace(0, n_pat, world + 1).round().astype(np.int64)
+    lo, hi = int(bounds[rank]), int(bounds[rank + 1])  # this rank's block of patterns
     theta = np.zeros(n_pat)
     crops = rim = rim_slot = None
     with torch.inference_mode():
@@ -304,10 +342,10 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
             crops = allocate((n_pat, crop, crop), np.dtype(np.complex64))
             rim_patches = allocate((rim.size, n, n), np.dtype(np.complex64))
         cropped, whole = stitchers()
-        with tqdm(total=n_pat, desc="inference", unit="pattern", disable=not progress,
+        with tqdm(total=hi - lo, desc="inference", unit="pattern", disable=not progress,
                   leave=False) as bar:
-            for start in range(0, n_pat, cfg.batch_size):
-                rows = np.arange(start, min(start + cfg.batch_size, n_pat))
+            for start in range(lo, hi, cfg.batch_size):
+                rows = np.arange(start, min(start + cfg.batch_size, hi))
                 patches = seed_patches(rows)
                 pos = positions[rows].to(device)
                 c = patches[:, cs:cs + crop, cs:cs + crop]
@@ -321,6 +359,13 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
                         rim_patches[slots[keep]] = patches[torch.from_numpy(keep).to(device)
                                                            ].cpu().numpy()
                 bar.update(rows.size)
+        if world > 1:
+            cropped.all_reduce()
+            whole.all_reduce()
+            if crops is not None:
+                _share_blocks(crops, bounds, max(cfg.batch_size, 1024), device)
+                _share_blocks(rim_patches, np.searchsorted(rim, bounds), max(cfg.batch_size, 1024),
+                              device)
         obj_c, covered = cropped.result()
         obj_w, lit = whole.result()
         # crop-stitched where covered, whole-patch values on the rim, free space (1) beyond
@@ -333,16 +378,19 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
                 reg=phase_sync_reg(cfg, bundle.group_size))
             rot = torch.polar(torch.ones(n_pat), torch.from_numpy(theta).float())
             cropped, whole = stitchers()
-            for start in range(0, n_pat, chunk):
-                rows = np.arange(start, min(start + chunk, n_pat))
+            for start in range(lo, hi, chunk):
+                rows = np.arange(start, min(start + chunk, hi))
                 c = torch.from_numpy(np.ascontiguousarray(crops[start:start + rows.size]))
                 cropped.add(c.to(device) * rot[rows].to(device)[:, None, None],
                             positions[rows].to(device) + crop_shift)
-            for start in range(0, rim.size, chunk):
-                rows = rim[start:start + chunk]
+            rim_lo, rim_hi = (int(v) for v in np.searchsorted(rim, [lo, hi]))
+            for start in range(rim_lo, rim_hi, chunk):
+                rows = rim[start:min(start + chunk, rim_hi)]
                 p = torch.from_numpy(np.ascontiguousarray(rim_patches[start:start + rows.size]))
                 whole.add(p.to(device) * rot[rows].to(device)[:, None, None],
                           positions[rows].to(device))
+            cropped.all_reduce()
+            whole.all_reduce()
             obj_c = cropped.result()[0]
             # only rim patches were stitched whole: their ratio is exact on the rim, where every
             # contributing patch is a rim patch; ``lit`` is the full stitch's
