@@ -8,7 +8,7 @@ Run::
     .venv/bin/python bench/infer.py --phase-sync off        # without the synchronization
     # A/B variants interleaved in one process (same scan and model; medians of --repeats):
     .venv/bin/python bench/infer.py --gridsize 2 --width 16 --patterns 1000 \
-        --ab sync nosync channels_last bf16 --repeats 3
+        --ab sync nosync no_channels_last bf16 --repeats 3
 
 Measures ``infer.reconstruct`` end to end (normalization, grouping, network, overlap constraint,
 stitching; the data-NLL pass is timed separately) for 64x64 patterns with an untrained gridsize-1
@@ -90,7 +90,7 @@ VARIANTS = {
     # name: (InferConfig overrides, model transform); "sync" is the default configuration
     "sync": ({}, None),
     "nosync": ({"phase_sync": False}, None),
-    "channels_last": ({}, lambda m: m.to(memory_format=torch.channels_last)),
+    "no_channels_last": ({"channels_last": False}, None),
     "bf16": ({"mixed_precision": True}, None),
     "batch64": ({"batch_size": 64}, None),
     "batch1024": ({"batch_size": 1024}, None),
