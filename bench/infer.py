@@ -7,8 +7,8 @@ Run::
     .venv/bin/python bench/infer.py --memory 10000 100000   # peak memory vs scan size
     .venv/bin/python bench/infer.py --phase-sync off        # without the synchronization
     # A/B variants interleaved in one process (same scan and model; medians of --repeats):
-    .venv/bin/python bench/infer.py --gridsize 2 --width 16 --patterns 1000 \
-        --ab sync nosync no_channels_last bf16 --repeats 3
+    .venv/bin/python bench/infer.py --gridsize 2 --width 16 --patterns 600 \
+        --ab sync nosync no_channels_last bf16 batch256 --repeats 3
 
 Measures ``infer.reconstruct`` end to end (normalization, grouping, network, overlap constraint,
 stitching; the data-NLL pass is timed separately) for 64x64 patterns with an untrained gridsize-1
@@ -92,15 +92,19 @@ VARIANTS = {
     "nosync": ({"phase_sync": False}, None),
     "no_channels_last": ({"channels_last": False}, None),
     "bf16": ({"mixed_precision": True}, None),
+    "batch16": ({"batch_size": 16}, None),
+    "batch32": ({"batch_size": 32}, None),
     "batch64": ({"batch_size": 64}, None),
+    "batch128": ({"batch_size": 128}, None),
+    "batch256": ({"batch_size": 256}, None),
     "batch1024": ({"batch_size": 1024}, None),
     "compile": ({}, "compile"),
 }
-"""Variants of ``--ab``: each is the default run (batch ``--batches[0]``, phase sync on) with
-one change."""
+"""Variants of ``--ab``: each is the default run (batch ``--batch``, phase sync on) with one
+change."""
 
 
-def ab(n: int, batch: int, gridsize: int, width: int, device: str, names: list[str],
+def ab(n: int, batch: int | None, gridsize: int, width: int, device: str, names: list[str],
        repeats: int) -> dict[str, list[float]]:
     """Interleaved A/B runs on one scan and one model: round-robin over ``names``, ``repeats``
     rounds (so a varying machine load hits every variant alike).  Returns end-to-end
@@ -122,7 +126,7 @@ def ab(n: int, batch: int, gridsize: int, width: int, device: str, names: list[s
     out: dict[str, list[float]] = {name: [] for name in names}
     inner: dict[str, list[float]] = {name: [] for name in names}
     for name in names:  # warm-up (and compilation) outside the timing
-        reconstruct(bundles[name], make_scan(min(n, 2 * batch), seed=1), cfgs[name])
+        reconstruct(bundles[name], make_scan(min(n, 512), seed=1), cfgs[name])
     for r in range(repeats):
         for name in names:
             t0 = time.perf_counter()
@@ -166,6 +170,8 @@ def main() -> None:
     p.add_argument("--ab", nargs="+", choices=sorted(VARIANTS),
                    help="interleaved A/B comparison of these variants (see VARIANTS)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of --ab")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch of --ab (default: infer.batch_size's automatic value)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--phase-sync", choices=["on", "off"], default="on",
                    help="infer.phase_sync (on: a second network pass, see infer.py)")
@@ -179,8 +185,8 @@ def main() -> None:
     print(machine())
     if a.ab:
         print(f"A/B: patterns {a.patterns}, gridsize {a.gridsize}, width {a.width}, batch "
-              f"{a.batches[0]}, device {a.device}, load {os.getloadavg()}")
-        res = ab(a.patterns, a.batches[0], a.gridsize, a.width, a.device, a.ab, a.repeats)
+              f"{a.batch or 'auto'}, device {a.device}, load {os.getloadavg()}")
+        res = ab(a.patterns, a.batch, a.gridsize, a.width, a.device, a.ab, a.repeats)
         ref = np.median(res[a.ab[0]][0])
         print("variant         median e2e patterns/s  (vs first)  median inference+stitch/s")
         for name, (e2e, inner) in res.items():

@@ -196,3 +196,14 @@ def test_channels_last_gives_the_same_reconstruction(bundle, tiny_pair):
     np.testing.assert_allclose(fast.object, plain.object, atol=1e-5)
     np.testing.assert_allclose(fast.phase_offsets_rad, plain.phase_offsets_rad, atol=1e-5)
     bundle.model.to(memory_format=torch.contiguous_format)  # the shared fixture as it was
+
+
+def test_automatic_batch_size_by_device():
+    from ptypinn.pinn.infer import AUTO_BATCH_SIZE, batch_size_for
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert batch_size_for(InferConfig(), cpu) == AUTO_BATCH_SIZE["cpu"] == 64
+    assert batch_size_for(InferConfig(), cuda) == AUTO_BATCH_SIZE["cuda"]
+    assert batch_size_for(InferConfig(batch_size=7), cpu) == 7
+    with pytest.raises(ValueError, match="infer.batch_size"):
+        InferConfig(batch_size=0)

@@ -339,8 +339,9 @@ class InferConfig:
 
     Attributes
     ----------
-    batch_size : int
-        Patterns per network batch.
+    batch_size : int or None
+        Patterns per network batch; None: automatic (:func:`ptypinn.pinn.infer.batch_size_for`:
+        64 on a CPU, where cache-sized batches are fastest, 256 on CUDA).
     crop_px : int or None
         Central crop (px) of every patch used for stitching; None: the square inscribed in the
         probe footprint (:func:`ptypinn.stitch.default_crop_px`).
@@ -359,7 +360,7 @@ class InferConfig:
         results; faster with oneDNN, measured in docs/benchmarks.md).  Ignored on CUDA.
     """
 
-    batch_size: int = 256
+    batch_size: int | None = None
     crop_px: int | None = None
     mixed_precision: bool = False
     device: str = "auto"
@@ -368,7 +369,8 @@ class InferConfig:
     channels_last: bool = True
 
     def __post_init__(self) -> None:
-        require(self.batch_size >= 1, "infer.batch_size", ">= 1", self.batch_size)
+        require(self.batch_size is None or self.batch_size >= 1, "infer.batch_size",
+                "None or >= 1", self.batch_size)
         require(self.phase_sync_reg is None or self.phase_sync_reg >= 0,
                 "infer.phase_sync_reg", "None or >= 0", self.phase_sync_reg)
         require(self.crop_px is None or self.crop_px >= 1, "infer.crop_px", "None or >= 1",

@@ -44,6 +44,7 @@ from ptypinn.physics import data_nll, window_starts
 from ptypinn.stitch import Stitcher, crop_start_px, default_crop_px, synchronize_phases
 
 __all__ = ["Reconstruction", "resolve_device", "phase_sync_reg", "reconstruct", "process_group",
+           "batch_size_for", "AUTO_BATCH_SIZE",
            "MISMATCH_TOLERANCE", "bundle_beam_power", "bundle_mismatch", "prepare_scan"]
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,20 @@ def _rim_patterns(positions_px: np.ndarray, patch_size: int, covered: np.ndarray
     return np.flatnonzero(n_out > 0)
 
 
+AUTO_BATCH_SIZE = {"cpu": 64, "cuda": 256}
+"""``infer.batch_size`` None: patterns per network batch by device type.  CPU: measured on the
+CPU box (64² patterns, gridsize 2, width 16; docs/benchmarks.md, "Speed (issue 16)"): 64 was
+1.5x faster than 256 and 2x faster than 1024 (the activations of a batch stay in cache).  CUDA:
+the earlier fixed default, not yet measured."""
+
+
+def batch_size_for(cfg: InferConfig, device: torch.device) -> int:
+    """``cfg.batch_size``, or :data:`AUTO_BATCH_SIZE` of ``device`` when it is None."""
+    if cfg.batch_size is not None:
+        return int(cfg.batch_size)
+    return AUTO_BATCH_SIZE.get(device.type, AUTO_BATCH_SIZE["cuda"])
+
+
 def process_group() -> tuple[int, int]:
     """``(rank, world_size)`` of the default ``torch.distributed`` process group, ``(0, 1)``
     outside one."""
@@ -282,6 +297,7 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
         scan = prepare_scan(bundle, scan)
     allocate = allocate or np.empty
     device = resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, batch_size=batch_size_for(cfg, device))
     model = bundle.model.to(device).eval()
     if cfg.channels_last and device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)  # in place, like .to(device)
