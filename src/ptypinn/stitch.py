@@ -384,6 +384,7 @@ def synchronize_phases(
     chunk: int = 1024,
     device: str | torch.device = "cpu",
     reg: float = 0.0,
+    distributed: bool = False,
 ) -> np.ndarray:
     """Phase offsets of a stream of patches, computed with bounded memory.
 
@@ -404,6 +405,11 @@ def synchronize_phases(
         patches and their partners', so memory is O(chunk), not O(n).
     device : where the overlap products are computed.
     reg : float; see :func:`solve_phase_offsets`.
+    distributed : bool
+        In an initialized ``torch.distributed`` process group, rank ``r`` computes the products
+        of chunks ``r, r + world, ...`` only (``patches_of`` must serve them) and one
+        all-reduce gathers them; every rank then solves the same problem.  Ignored outside a
+        process group.
 
     Returns
     -------
@@ -430,8 +436,11 @@ def synchronize_phases(
     s = crop_start_px(patch_size, crop_px)
     device = torch.device(device)
     products = np.zeros(owner.shape[0], dtype=np.complex128)
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if a == b:
+    rank, world = 0, 1
+    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if a == b or k % world != rank:
             continue
         need = np.unique(np.concatenate([owner[a:b], partner[a:b]]))
         crops = patches_of(need)[..., s:s + crop_px, s:s + crop_px].to(device, torch.complex64)
@@ -439,5 +448,9 @@ def synchronize_phases(
         cj = torch.from_numpy(np.searchsorted(need, partner[a:b])).to(device)
         delta = torch.from_numpy(pos[partner[a:b]] - pos[owner[a:b]]).to(device)
         products[a:b] = pair_overlap_products(crops[ci], crops[cj], delta).cpu().numpy()
+    if world > 1:  # each pair was computed by exactly one rank: the sum gathers them
+        gathered = torch.from_numpy(products).to(device)
+        torch.distributed.all_reduce(torch.view_as_real(gathered))
+        products = gathered.cpu().numpy()
     # the solver expects (i, j) with products M_ij: owner/partner order is consistent
     return solve_phase_offsets(np.stack([owner, partner], axis=1), products, n, reg=reg)

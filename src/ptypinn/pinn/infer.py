@@ -281,8 +281,9 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
     (e.g. under ``torchrun`` or a Lightning Fabric/Trainer DDP strategy), each rank runs the
     network on its own contiguous block of patterns and stitches it onto its own canvases; one
     all-reduce per canvas merges them (:meth:`~ptypinn.stitch.Stitcher.all_reduce`).  With
-    synchronization the cached crops are broadcast to every rank, which then all solve the
-    same phase problem; each rank stitches its block with the offsets, and the canvases are
+    synchronization the cached crops are broadcast to every rank, each rank computes its share
+    of the pair overlap products and one all-reduce gathers them; every rank solves the same
+    phase problem, each rank stitches its block with the offsets, and the canvases are
     all-reduced again.  Every rank returns the same reconstruction (the data NLL is computed
     on every rank).
 
@@ -391,7 +392,7 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
             theta = synchronize_phases(
                 lambda r: torch.from_numpy(np.ascontiguousarray(crops[r])), scan.positions_px,
                 crop, crop, max_sep_px=crop / 2.0, chunk=chunk, device=device,
-                reg=phase_sync_reg(cfg, bundle.group_size))
+                reg=phase_sync_reg(cfg, bundle.group_size), distributed=world > 1)
             rot = torch.polar(torch.ones(n_pat), torch.from_numpy(theta).float())
             cropped, whole = stitchers()
             for start in range(lo, hi, chunk):
