@@ -29,7 +29,8 @@ each cell, pty-chi's final data NLL is the target; pty-chi's time is its solver 
 check that reached it, and the refinement arms' time is the first refinement check at or below
 it (plus the PINN's inference for PINN+refine; plus the PINN's training in the second ratio).
 
-Prints the machine, the study tables (mean ± std over seeds; truth-based scores beside the
+Prints the machine, a speed table (:func:`speed_table`: per dose and arm, end-to-end patterns/s
+measured on this machine in this run and its ratio to pty-chi's), the study tables (mean ± std over seeds; truth-based scores beside the
 truth-free data NLL per pixel and the same minus the ground truth's own NLL), pty-chi's engine per
 cell, and the goals with their measured means.
 """
@@ -109,6 +110,23 @@ def means(rows: list[dict]) -> dict:
     return {k: {m: sum(v) / len(v) for m, v in d.items()} for k, d in acc.items()}
 
 
+def speed_table(rows: list[dict]) -> str:
+    """Per (photons, arm): end-to-end patterns/s and its ratio to PtyChi's, mean ± std over
+    seeds, from :func:`~ptypinn.workflows.study_results.collect_results` rows (every arm of a
+    cell ran on this machine in this run; see :mod:`ptypinn.workflows.compare`)."""
+    acc: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["quantity"] == "timing" and r["value"] not in ("", None):
+            acc[(float(r["parameter_value"]), r["model"])][r["metric"]].append(float(r["value"]))
+    lines = [f"{'photons':>8} {'arm':<17} {'end-to-end patterns/s':>22} "
+             f"{'ratio vs PtyChi':>27}"]
+    for (p, model), d in sorted(acc.items()):
+        rate, ratio = d.get("end_to_end_patterns_per_s", []), d.get("ratio_vs_ptychi", [])
+        fmt = lambda xs, f: (f"{np.mean(xs):{f}} ± {np.std(xs):{f}}" if xs else "-")  # noqa: E731
+        lines.append(f"{p:8.0e} {model:<17} {fmt(rate, '.1f'):>22} {fmt(ratio, '.3f'):>27}")
+    return "\n".join(lines)
+
+
 def time_to_target(history: list, target: float, start_s: float = 0.0) -> float:
     """Seconds to the first check with NLL <= target (``start_s`` added); inf if never.
 
@@ -174,6 +192,8 @@ def main() -> None:
     d = run_study(dose, out / "dose")
     o = None if a.refine_only else run_study(ood, out / "ood")
     print(f"\nload after: {os.getloadavg()}")
+    print("\nspeed (end to end, this machine, this run; ratio = arm patterns/s / PtyChi's):\n")
+    print(speed_table(collect_results(out / "dose")))
     print(f"\ndose study ({out / 'dose' / 'table.md'}):\n")
     print((out / "dose" / "table.md").read_text())
     if o is not None:

@@ -5,7 +5,10 @@ Run::
     .venv/bin/python bench/infer.py                         # batch sweep on 10k patterns, CPU
     .venv/bin/python bench/infer.py --device cuda --patterns 100000
     .venv/bin/python bench/infer.py --memory 10000 100000   # peak memory vs scan size
-    .venv/bin/python bench/infer.py --phase-sync off        # without the synchronization pass
+    .venv/bin/python bench/infer.py --phase-sync off        # without the synchronization
+    # A/B variants interleaved in one process (same scan and model; medians of --repeats):
+    .venv/bin/python bench/infer.py --gridsize 2 --width 16 --patterns 600 \
+        --ab sync nosync no_channels_last bf16 batch256 --repeats 3
 
 Measures ``infer.reconstruct`` end to end (normalization, grouping, network, overlap constraint,
 stitching; the data-NLL pass is timed separately) for 64x64 patterns with an untrained gridsize-1
@@ -54,17 +57,17 @@ def make_scan(n_patterns: int, seed: int = 0) -> ScanData:
                     meta={"provenance": "bench/infer.py tiled scan"})
 
 
-def make_bundle(scan: ScanData, gridsize: int, device: str) -> Bundle:
-    cfg = load_config({"grouping": {"gridsize": gridsize}})
+def make_bundle(scan: ScanData, gridsize: int, device: str, width: int = 32) -> Bundle:
+    cfg = load_config({"grouping": {"gridsize": gridsize}, "model": {"width": width}})
     torch.manual_seed(0)
     model = build_model(cfg.model, torch.from_numpy(scan.probe), gridsize**2).to(device)
     return Bundle.create(model, cfg)
 
 
 def run_once(n: int, batch: int, gridsize: int, device: str, amp: bool,
-             phase_sync: bool = True) -> dict:
+             phase_sync: bool = True, width: int = 32) -> dict:
     scan = make_scan(n)
-    bundle = make_bundle(scan, gridsize, device)
+    bundle = make_bundle(scan, gridsize, device, width)
     cfg = InferConfig(batch_size=batch, device=device, mixed_precision=amp, phase_sync=phase_sync)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -81,6 +84,59 @@ def run_once(n: int, batch: int, gridsize: int, device: str, amp: bool,
     if device.startswith("cuda"):
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+VARIANTS = {
+    # name: (InferConfig overrides, model transform); "sync" is the default configuration
+    "sync": ({}, None),
+    "nosync": ({"phase_sync": False}, None),
+    "no_channels_last": ({"channels_last": False}, None),
+    "bf16": ({"mixed_precision": True}, None),
+    "batch16": ({"batch_size": 16}, None),
+    "batch32": ({"batch_size": 32}, None),
+    "batch64": ({"batch_size": 64}, None),
+    "batch128": ({"batch_size": 128}, None),
+    "batch256": ({"batch_size": 256}, None),
+    "batch1024": ({"batch_size": 1024}, None),
+    "compile": ({}, "compile"),
+}
+"""Variants of ``--ab``: each is the default run (batch ``--batch``, phase sync on) with one
+change."""
+
+
+def ab(n: int, batch: int | None, gridsize: int, width: int, device: str, names: list[str],
+       repeats: int) -> dict[str, list[float]]:
+    """Interleaved A/B runs on one scan and one model: round-robin over ``names``, ``repeats``
+    rounds (so a varying machine load hits every variant alike).  Returns end-to-end
+    patterns/s (the whole ``reconstruct`` call) per variant."""
+    import copy
+
+    scan = make_scan(n)
+    base = make_bundle(scan, gridsize, device, width)
+    bundles, cfgs = {}, {}
+    for name in names:
+        over, transform = VARIANTS[name]
+        model = copy.deepcopy(base.model)
+        if transform == "compile":
+            model.generator = torch.compile(model.generator, dynamic=False)
+        elif transform is not None:
+            model = transform(model)
+        bundles[name] = Bundle(model=model, config=base.config, manifest=base.manifest)
+        cfgs[name] = InferConfig(**{"batch_size": batch, "device": device, **over})
+    out: dict[str, list[float]] = {name: [] for name in names}
+    inner: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:  # warm-up (and compilation) outside the timing
+        reconstruct(bundles[name], make_scan(min(n, 512), seed=1), cfgs[name])
+    for r in range(repeats):
+        for name in names:
+            t0 = time.perf_counter()
+            rec = reconstruct(bundles[name], scan, cfgs[name])
+            out[name].append(n / (time.perf_counter() - t0))
+            inner[name].append(rec.patterns_per_s)
+            print(f"  round {r} {name:>14}: {out[name][-1]:6.1f} patterns/s end to end "
+                  f"({rec.patterns_per_s:6.1f} inference+sync+stitch); load "
+                  f"{os.getloadavg()[0]:.2f}", flush=True)
+    return {name: (out[name], inner[name]) for name in names}
 
 
 def train_throughput(device: str, gridsize: int, steps: int = 20, batch: int = 16) -> float:
@@ -110,6 +166,12 @@ def main() -> None:
     p.add_argument("--patterns", type=int, default=10000)
     p.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024, 4096])
     p.add_argument("--gridsize", type=int, default=1)
+    p.add_argument("--width", type=int, default=32, help="model.width")
+    p.add_argument("--ab", nargs="+", choices=sorted(VARIANTS),
+                   help="interleaved A/B comparison of these variants (see VARIANTS)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of --ab")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch of --ab (default: infer.batch_size's automatic value)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--phase-sync", choices=["on", "off"], default="on",
                    help="infer.phase_sync (on: a second network pass, see infer.py)")
@@ -121,13 +183,24 @@ def main() -> None:
         return
     sync = a.phase_sync == "on"
     print(machine())
+    if a.ab:
+        print(f"A/B: patterns {a.patterns}, gridsize {a.gridsize}, width {a.width}, batch "
+              f"{a.batch or 'auto'}, device {a.device}, load {os.getloadavg()}")
+        res = ab(a.patterns, a.batch, a.gridsize, a.width, a.device, a.ab, a.repeats)
+        ref = np.median(res[a.ab[0]][0])
+        print("variant         median e2e patterns/s  (vs first)  median inference+stitch/s")
+        for name, (e2e, inner) in res.items():
+            print(f"{name:<15} {np.median(e2e):21.1f}  {np.median(e2e) / ref:10.2f}"
+                  f"  {np.median(inner):25.1f}")
+        print(f"load after: {os.getloadavg()}")
+        return
     print(f"training throughput (gridsize {a.gridsize}, batch 16): "
           f"{train_throughput(a.device, a.gridsize):.1f} groups/s")
     if a.memory:
         print("patterns  batch  patterns/s  peak RSS MiB  (counts MiB)  peak CUDA MiB")
         for n in a.memory:
             args = dict(n=n, batch=a.batches[-1], gridsize=a.gridsize, device=a.device, amp=a.amp,
-                        phase_sync=sync)
+                        phase_sync=sync, width=a.width)
             res = subprocess.run([sys.executable, __file__, "--one", json.dumps(args)],
                                  capture_output=True, text=True, check=True)
             r = json.loads(res.stdout.strip().splitlines()[-1])
@@ -138,7 +211,7 @@ def main() -> None:
           f"phase sync {a.phase_sync}")
     print("batch  patterns/s  infer+stitch s  incl. NLL pass s")
     for b in a.batches:
-        r = run_once(a.patterns, b, a.gridsize, a.device, a.amp, sync)
+        r = run_once(a.patterns, b, a.gridsize, a.device, a.amp, sync, a.width)
         print(f"{b:5d} {r['patterns_per_s']:11.0f} {r['infer_stitch_s']:15.2f} {r['with_nll_s']:17.2f}")
 
 

@@ -54,7 +54,8 @@ def test_one_section_and_an_unknown_one():
 def test_cli_config_show(capsys):
     assert main(["config", "show", "infer"]) == 0
     out = capsys.readouterr().out
-    assert yaml.safe_load(out)["infer"]["batch_size"] == 256
+    assert yaml.safe_load(out)["infer"]["batch_size"] is None  # automatic
+    assert yaml.safe_load(out)["infer"]["channels_last"] is True
     assert "crop_px: null" in out and "[px]" in out
     assert main(["config", "show", "trian"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -63,7 +64,7 @@ def test_cli_config_show(capsys):
 
 @pytest.mark.parametrize("name, check", [
     ("train.yaml", lambda c: c.grouping.gridsize == 2 and c.train.epochs == 30),
-    ("infer.yaml", lambda c: c.infer.batch_size == 256 and c.refine.epochs == 0),
+    ("infer.yaml", lambda c: c.infer.batch_size is None and c.refine.epochs == 0),
     ("reconstruct.yaml", lambda c: c.train.epochs == 50 and c.refine.epochs == 50),
 ])
 def test_example_configs_load(name, check):

@@ -115,3 +115,95 @@ def test_rim_outside_the_crops_holds_the_whole_patch_stitch(bundle, tiny_pair):
     assert rim.any() and rec.crop_px < 32
     assert np.all(rec.object[~lit] == 1)
     assert not np.allclose(rec.object[rim], 1)  # the network's values, not a fill constant
+
+
+def _two_pass_reference(bundle, scan, cfg):
+    """The synchronized and unsynchronized objects as the two-pass inference made them before
+    issue 16 (all seed patches at once, ``synchronize_phases`` fed whole patches, then
+    whole-patch stitchers with a crop mask), written with the public stitch API only."""
+    from ptypinn.grouping import group_patterns
+    from ptypinn.pinn.infer import phase_sync_reg, prepare_scan
+    from ptypinn.stitch import default_crop_px, stitch_patches, synchronize_phases
+
+    if not scan.meta.get("probe_calibrated"):
+        scan = prepare_scan(bundle, scan)
+    n, crop = scan.pattern_size, cfg.crop_px or default_crop_px(scan.probe)
+    groups = group_patterns(scan.positions_px, dataclasses.replace(
+        bundle.config.grouping, n_groups=None, allow_oversampling=False))
+    counts = torch.from_numpy(scan.counts)[torch.from_numpy(np.asarray(groups.indices))]
+    with torch.no_grad():
+        patches = bundle.model.eval()(
+            counts, torch.from_numpy(np.asarray(groups.offsets_px, dtype=np.float32)))[:, 0]
+    theta = synchronize_phases(lambda rows: patches[torch.from_numpy(rows)], scan.positions_px,
+                               n, crop, chunk=7, reg=phase_sync_reg(cfg, bundle.group_size))
+    pos = torch.from_numpy(scan.positions_px)
+    objects = []
+    for t in (theta, np.zeros(scan.n_patterns)):
+        rotated = patches * torch.polar(torch.ones(t.size), torch.from_numpy(t).float())[:, None,
+                                                                                        None]
+        obj_c, covered = stitch_patches([(rotated, pos)], scan.object_shape_px, n, crop_px=crop)
+        obj_w, lit = stitch_patches([(rotated, pos)], scan.object_shape_px, n)
+        objects.append(np.where(covered, obj_c, np.where(lit, obj_w, 1)))
+    return theta, objects, covered, lit
+
+
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_one_pass_synchronization_equals_the_two_pass_reference(bundle, tiny_pair, gridsize):
+    """One network pass with a crop cache (in memory or memory-mapped) gives the objects,
+    offsets and NLLs of the old two-pass path, rim included, to float tolerance."""
+    from ptypinn import io
+    from ptypinn.physics import data_nll
+    from ptypinn.pinn.bundle import Bundle
+    from ptypinn.pinn.infer import prepare_scan
+    from ptypinn.pinn.models import build_model
+
+    _, test = tiny_pair
+    if gridsize == 2:  # an untrained gridsize-2 model: the overlap constraint in the network
+        cfg = from_dict(Config, {"grouping": {"gridsize": 2}, "model": {"width": 8, "depth": 2}})
+        torch.manual_seed(0)
+        base = Bundle.create(build_model(cfg.model, torch.from_numpy(
+            prepare_scan(bundle, test).probe), 4), cfg)
+    else:
+        base = bundle
+    jittered = dataclasses.replace(base, model=_PhaseJitter(base.model))
+    icfg = InferConfig(phase_sync=True, device="cpu", batch_size=16)
+    theta, (obj_sync, obj_raw), covered, lit = _two_pass_reference(jittered, test, icfg)
+    assert (lit & ~covered).any()  # the rim path is exercised
+    spilled = []
+
+    def spill(shape, dtype):
+        spilled.append(shape)
+        return io.scratch_array(shape, dtype, max_ram_bytes=0)
+
+    for allocate in (None, spill):
+        rec = reconstruct(jittered, test, icfg, allocate=allocate)
+        assert rec.phase_sync_applied
+        np.testing.assert_array_equal(rec.covered, covered)
+        np.testing.assert_allclose(rec.phase_offsets_rad, theta, atol=1e-4)
+        np.testing.assert_allclose(rec.object, obj_sync, atol=2e-4)
+        scan = test if test.meta.get("probe_calibrated") else prepare_scan(base, test)
+        assert rec.nll_without_sync == pytest.approx(float(np.mean(data_nll(obj_raw, scan))),
+                                                     rel=1e-5)
+    assert spilled and spilled[0][0] == test.n_patterns  # the crop cache was memory-mapped
+
+
+def test_channels_last_gives_the_same_reconstruction(bundle, tiny_pair):
+    _, test = tiny_pair
+    plain = reconstruct(bundle, test, InferConfig(device="cpu", channels_last=False))
+    fast = reconstruct(bundle, test, InferConfig(device="cpu", channels_last=True))
+    assert any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last)
+               and not p.is_contiguous() for p in bundle.model.parameters())
+    np.testing.assert_allclose(fast.object, plain.object, atol=1e-5)
+    np.testing.assert_allclose(fast.phase_offsets_rad, plain.phase_offsets_rad, atol=1e-5)
+    bundle.model.to(memory_format=torch.contiguous_format)  # the shared fixture as it was
+
+
+def test_automatic_batch_size_by_device():
+    from ptypinn.pinn.infer import AUTO_BATCH_SIZE, batch_size_for
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert batch_size_for(InferConfig(), cpu) == AUTO_BATCH_SIZE["cpu"] == 64
+    assert batch_size_for(InferConfig(), cuda) == AUTO_BATCH_SIZE["cuda"]
+    assert batch_size_for(InferConfig(batch_size=7), cpu) == 7
+    with pytest.raises(ValueError, match="infer.batch_size"):
+        InferConfig(batch_size=0)

@@ -359,6 +359,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    from ptypinn import io
     from ptypinn.workflows.outputs import write_outputs
 
     cfg = _with_refine_flags(_config(args), args)
@@ -368,7 +369,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     bundle = ptypinn.load_bundle(args.run)
     scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern, bundle)
     formats = _formats(args, scan)
-    recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress())
+    recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress(),
+                                allocate=io.scratch_array)
     refined = _refine_pinn(recon, scan, cfg)
     _log_to_file(out)
     _write_config(out, cfg)
@@ -379,6 +381,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from ptypinn import io
     from ptypinn.workflows.outputs import write_outputs
 
     cfg = _quiet_training(_with_refine_flags(_config(args), args))
@@ -404,7 +407,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     train_s = time.perf_counter() - t0
     if cfg.model.learn_probe:  # stitching, data NLL and refinement use the learned probe
         scan = scan.replace(probe=bundle.model.probe.detach().cpu().numpy())
-    recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress())
+    recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress(),
+                                allocate=io.scratch_array)
     refined = _refine_pinn(recon, scan, cfg)
     _print_summary(write_outputs(out, recon, scan, {"train_time_s": train_s}, refined=refined,
                                  formats=formats, provenance=prov))

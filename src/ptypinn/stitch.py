@@ -178,6 +178,16 @@ class Stitcher:
         self._den += place_patches(mask, pos, self.shape)
         self.n_added += m
 
+    def all_reduce(self) -> None:
+        """Sum the canvases of every rank of the default ``torch.distributed`` process group
+        into each rank's (stitching is additive: ranks that stitched disjoint sets of patches
+        then hold the stitch of all of them).  A no-op outside a process group."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        # real views: not every backend (gloo) reduces complex tensors
+        torch.distributed.all_reduce(torch.view_as_real(self._num))
+        torch.distributed.all_reduce(self._den)
+
     def result(self, min_weight: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
         """Overlap-normalized object.
 
@@ -374,6 +384,7 @@ def synchronize_phases(
     chunk: int = 1024,
     device: str | torch.device = "cpu",
     reg: float = 0.0,
+    distributed: bool = False,
 ) -> np.ndarray:
     """Phase offsets of a stream of patches, computed with bounded memory.
 
@@ -394,6 +405,11 @@ def synchronize_phases(
         patches and their partners', so memory is O(chunk), not O(n).
     device : where the overlap products are computed.
     reg : float; see :func:`solve_phase_offsets`.
+    distributed : bool
+        In an initialized ``torch.distributed`` process group, rank ``r`` computes the products
+        of chunks ``r, r + world, ...`` only (``patches_of`` must serve them) and one
+        all-reduce gathers them; every rank then solves the same problem.  Ignored outside a
+        process group.
 
     Returns
     -------
@@ -420,8 +436,11 @@ def synchronize_phases(
     s = crop_start_px(patch_size, crop_px)
     device = torch.device(device)
     products = np.zeros(owner.shape[0], dtype=np.complex128)
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if a == b:
+    rank, world = 0, 1
+    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if a == b or k % world != rank:
             continue
         need = np.unique(np.concatenate([owner[a:b], partner[a:b]]))
         crops = patches_of(need)[..., s:s + crop_px, s:s + crop_px].to(device, torch.complex64)
@@ -429,5 +448,9 @@ def synchronize_phases(
         cj = torch.from_numpy(np.searchsorted(need, partner[a:b])).to(device)
         delta = torch.from_numpy(pos[partner[a:b]] - pos[owner[a:b]]).to(device)
         products[a:b] = pair_overlap_products(crops[ci], crops[cj], delta).cpu().numpy()
+    if world > 1:  # each pair was computed by exactly one rank: the sum gathers them
+        gathered = torch.from_numpy(products).to(device)
+        torch.distributed.all_reduce(torch.view_as_real(gathered))
+        products = gathered.cpu().numpy()
     # the solver expects (i, j) with products M_ij: owner/partner order is consistent
     return solve_phase_offsets(np.stack([owner, partner], axis=1), products, n, reg=reg)

@@ -5,6 +5,7 @@
 * :mod:`ptypinn.io.scans` -- scan formats: detection, the ``{format: reader}`` table, canonical and
   reference NPZ.
 * :mod:`ptypinn.io.hdf5` -- CXI, ptychodus product files, the tike Siemens-star scan.
+* :mod:`ptypinn.io.scratch` -- scratch arrays, memory-mapped on a temporary file when large.
 
 The names below are re-exported so callers write ``from ptypinn import io; io.read_scan(...)``.
 This package imports only :mod:`ptypinn.data` and :mod:`ptypinn.config` from the rest of
@@ -52,6 +53,7 @@ from ptypinn.io.hdf5 import (
     write_cxi,
     write_product,
 )
+from ptypinn.io.scratch import scratch_array
 from ptypinn.io.scans import (
     SCAN_FORMAT,
     detect_format,
@@ -72,5 +74,5 @@ __all__ = [
     "Product", "describe_hdf5", "detect_hdf5_kind", "read_cxi", "read_product",
     "read_tike_siemens_npz_bz2", "write_cxi", "write_product",
     "SCAN_FORMAT", "detect_format", "read_probe", "read_reference_npz", "read_scan",
-    "read_scan_summary", "write_scan",
+    "read_scan_summary", "write_scan", "scratch_array",
 ]

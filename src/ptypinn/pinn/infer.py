@@ -1,19 +1,22 @@
 """Streaming inference: bundle + scan -> stitched object, with bounded memory.
 
 Patterns are grouped exactly as in training (one group per pattern, the pattern as its seed),
-run through the model as counts in batches under ``torch.no_grad`` (optionally bf16 autocast), and each group's *seed* patch is added
-to a :class:`~ptypinn.stitch.Stitcher` at that pattern's position, so every pattern contributes
-once.  Only one batch of patterns and the two stitching canvases live on the device.
+run through the model as counts in batches under ``torch.inference_mode`` (optionally bf16
+autocast), and each group's *seed* patch is added to a :class:`~ptypinn.stitch.Stitcher` at that
+pattern's position, so every pattern contributes once.  Only one batch of patterns and the
+stitching canvases live on the device; counts are read one batch at a time.
 
-With ``infer.phase_sync`` (the default) a first pass computes, chunk by chunk, the phase of every
-patch relative to its overlapping neighbours and solves for one constant phase per patch that
-makes them agree (:func:`ptypinn.stitch.synchronize_phases`); the stitching pass stitches the
-patches both with and without those offsets, and the synchronized object is kept only if it
-lowers the data NLL (a truth-free rule, the same for every network arm; measured in
-``docs/benchmarks.md``).
-The network runs about twice per pattern (the first pass recomputes patches instead of keeping
-them, so memory stays bounded).  Without it, each patch keeps the constant phase the network gave
-it, and their scatter blurs the stitched phase (see :mod:`ptypinn.stitch`).
+With ``infer.phase_sync`` (the default) the network still runs once per pattern: that pass
+stitches the patches as they come and keeps their central crops (plus the whole patches of the
+few patterns on the rim of the covered region) in an array made by the caller's ``allocate``
+(in memory, or a memory-mapped temporary file from :func:`ptypinn.io.scratch_array`).  The phase
+of every crop relative to its overlapping neighbours is then computed from that cache, one
+constant phase per patch that makes them agree is solved for
+(:func:`ptypinn.stitch.synchronize_phases`), and the cached crops are stitched again with those
+offsets.  The synchronized object is kept only if it lowers the data NLL (a truth-free rule, the
+same for every network arm; measured in ``docs/benchmarks.md``).  Without synchronization each
+patch keeps the constant phase the network gave it, and their scatter blurs the stitched phase
+(see :mod:`ptypinn.stitch`).
 
 The reconstruction lives in the scan's own object frame: pixel ``(0, 0)`` is the origin of
 ``scan.positions_px``.
@@ -26,6 +29,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,11 +39,12 @@ from ptypinn.config import InferConfig
 from ptypinn.data import ScanData, pattern_totals, probe_power, to_photon_units
 from ptypinn.grouping import group_patterns
 from ptypinn.metrics import assert_not_degenerate
-from ptypinn.physics import data_nll
 from ptypinn.pinn.bundle import Bundle
-from ptypinn.stitch import Stitcher, default_crop_px, synchronize_phases
+from ptypinn.physics import data_nll, window_starts
+from ptypinn.stitch import Stitcher, crop_start_px, default_crop_px, synchronize_phases
 
-__all__ = ["Reconstruction", "resolve_device", "phase_sync_reg", "reconstruct",
+__all__ = ["Reconstruction", "resolve_device", "phase_sync_reg", "reconstruct", "process_group",
+           "batch_size_for", "AUTO_BATCH_SIZE",
            "MISMATCH_TOLERANCE", "bundle_beam_power", "bundle_mismatch", "prepare_scan"]
 
 log = logging.getLogger(__name__)
@@ -186,8 +191,78 @@ def _check_scan(bundle: Bundle, scan: ScanData) -> None:
                          f"{scan.n_patterns}")
 
 
-def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig,
-                progress: bool = False) -> Reconstruction:
+def _batched_counts(counts, rows: np.ndarray) -> torch.Tensor:
+    """``counts[rows]`` for an int array ``rows`` of any shape, reading each pattern once.
+
+    ``counts`` is anything indexable like a numpy array along its first axis (an array, a
+    memory map, a lazy reader): it is indexed once per batch with sorted unique rows.
+    """
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    block = torch.from_numpy(np.ascontiguousarray(counts[uniq]))
+    return block[torch.from_numpy(inverse.reshape(rows.shape))]
+
+
+def _rim_patterns(positions_px: np.ndarray, patch_size: int, covered: np.ndarray
+                  ) -> np.ndarray:
+    """Indices of the patterns whose whole window (with its bilinear margin) reaches a pixel
+    outside ``covered``: the only patches the whole-patch stitch needs on the rim."""
+    hy, wx = covered.shape
+    outside = np.pad(~covered, ((0, 1), (0, 1)), constant_values=True)
+    # integral image: the count of uncovered pixels in any window is four look-ups
+    integral = np.zeros((hy + 2, wx + 2), dtype=np.int64)
+    integral[1:, 1:] = outside.cumsum(0).cumsum(1)
+    start = np.floor(window_starts(np.asarray(positions_px, dtype=np.float64), patch_size))
+    y0 = np.clip(start[:, 0].astype(np.int64), 0, hy + 1)
+    x0 = np.clip(start[:, 1].astype(np.int64), 0, wx + 1)
+    y1 = np.clip(y0 + patch_size + 1, 0, hy + 1)
+    x1 = np.clip(x0 + patch_size + 1, 0, wx + 1)
+    n_out = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    return np.flatnonzero(n_out > 0)
+
+
+AUTO_BATCH_SIZE = {"cpu": 64, "cuda": 256}
+"""``infer.batch_size`` None: patterns per network batch by device type.  CPU: measured on the
+CPU box (64² patterns, gridsize 2, width 16; docs/benchmarks.md, "Speed (issue 16)"): 64 was
+1.5x faster than 256 and 2x faster than 1024 (the activations of a batch stay in cache).  CUDA:
+the earlier fixed default, not yet measured."""
+
+
+def batch_size_for(cfg: InferConfig, device: torch.device) -> int:
+    """``cfg.batch_size``, or :data:`AUTO_BATCH_SIZE` of ``device`` when it is None."""
+    if cfg.batch_size is not None:
+        return int(cfg.batch_size)
+    return AUTO_BATCH_SIZE.get(device.type, AUTO_BATCH_SIZE["cuda"])
+
+
+def process_group() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default ``torch.distributed`` process group, ``(0, 1)``
+    outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _share_blocks(array: np.ndarray, bounds: np.ndarray, chunk: int,
+                  device: torch.device) -> None:
+    """Give every rank rows ``bounds[r]:bounds[r + 1]`` of ``array`` (complex), which rank ``r``
+    filled: broadcast from their owner in chunks of ``chunk`` rows (memory O(chunk))."""
+    rank, _ = process_group()
+    for r in range(len(bounds) - 1):
+        for a in range(int(bounds[r]), int(bounds[r + 1]), chunk):
+            b = min(a + chunk, int(bounds[r + 1]))
+            if rank == r:
+                buf = torch.from_numpy(np.ascontiguousarray(array[a:b])).to(device)
+            else:
+                buf = torch.empty((b - a, *array.shape[1:]), dtype=torch.complex64,
+                                  device=device)
+            torch.distributed.broadcast(torch.view_as_real(buf), src=r)
+            if rank != r:
+                array[a:b] = buf.cpu().numpy()
+
+
+def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool = False,
+                allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None
+                ) -> Reconstruction:
     """Run the bundle's model over ``scan`` and stitch the result.
 
     The scan's bad pixels are zeroed in the network input and left out of the data NLL.  A scan
@@ -195,6 +270,22 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig,
     that keep the scan for other uses, e.g. the data NLL of another arm, call it themselves).
     ``progress`` shows a progress bar of the patterns on stderr (the command line turns it on
     only on a terminal).
+
+    The network runs once per pattern.  With ``cfg.phase_sync`` the central crops of the seed
+    patches (``(n, crop_px, crop_px)`` complex64) and the whole patches of the patterns on the
+    rim of the covered region are kept for the synchronized stitch; ``allocate(shape, dtype)``
+    makes those arrays (default: ``numpy.empty``, in memory; :func:`ptypinn.io.scratch_array`
+    spills large ones to a memory-mapped temporary file).
+
+    Data-parallel: called in every rank of an initialized ``torch.distributed`` process group
+    (e.g. under ``torchrun`` or a Lightning Fabric/Trainer DDP strategy), each rank runs the
+    network on its own contiguous block of patterns and stitches it onto its own canvases; one
+    all-reduce per canvas merges them (:meth:`~ptypinn.stitch.Stitcher.all_reduce`).  With
+    synchronization the cached crops are broadcast to every rank, each rank computes its share
+    of the pair overlap products and one all-reduce gathers them; every rank solves the same
+    phase problem, each rank stitches its block with the offsets, and the canvases are
+    all-reduced again.  Every rank returns the same reconstruction (the data NLL is computed
+    on every rank).
 
     Raises
     ------
@@ -205,71 +296,124 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig,
     _check_scan(bundle, scan)
     if not scan.meta.get("probe_calibrated"):
         scan = prepare_scan(bundle, scan)
+    allocate = allocate or np.empty
     device = resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, batch_size=batch_size_for(cfg, device))
     model = bundle.model.to(device).eval()
+    if cfg.channels_last and device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)  # in place, like .to(device)
     n = scan.pattern_size
+    n_pat = scan.n_patterns
     crop = cfg.crop_px or default_crop_px(scan.probe)
+    if not 1 <= crop <= n:
+        raise ValueError(f"infer.crop_px: expected in [1, {n}] (the pattern size), got {crop}")
+    cs = crop_start_px(n, crop)
     groups = group_patterns(scan.positions_px, dataclasses.replace(
         bundle.config.grouping, n_groups=None, allow_oversampling=False))
-    if not np.array_equal(np.asarray(groups.indices)[:, 0], np.arange(scan.n_patterns)):
+    indices = np.asarray(groups.indices, dtype=np.int64)
+    if not np.array_equal(indices[:, 0], np.arange(n_pat)):
         raise RuntimeError("grouping: expected one group per pattern, seeded by that pattern")
-    counts = torch.from_numpy(scan.counts)
-    indices = torch.from_numpy(np.asarray(groups.indices, dtype=np.int64))
     offsets = torch.from_numpy(np.asarray(groups.offsets_px, dtype=np.float32))
     bad = (torch.from_numpy(scan.bad_pixels).to(device)
            if scan.bad_pixels is not None and scan.bad_pixels.any() else None)
+    positions = torch.from_numpy(np.asarray(scan.positions_px, dtype=np.float64))
+    # a crop of size K stitched at this centre lands on exactly the pixels (and bilinear
+    # weights) of the central crop of the N-patch at the pattern's own centre
+    crop_shift = (crop / 2 - crop // 2) - (n / 2 - n // 2)
+    shape = scan.object_shape_px
 
     def seed_patches(rows: np.ndarray) -> torch.Tensor:
         """Seed patches ``(len(rows), N, N)`` complex64 of the groups seeded by ``rows``."""
-        out = []
-        for start in range(0, len(rows), cfg.batch_size):
-            sel = torch.as_tensor(rows[start:start + cfg.batch_size], dtype=torch.int64)
-            batch = counts[indices[sel]].to(device, non_blocking=True)
-            if bad is not None:
-                batch = batch.masked_fill(bad, 0.0)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision):
-                patches = model(batch, offsets[sel].to(device))
-            out.append(patches[:, 0].to(torch.complex64))
-        return torch.cat(out) if out else torch.zeros((0, n, n), dtype=torch.complex64,
-                                                      device=device)
+        batch = _batched_counts(scan.counts, indices[rows]).to(device, non_blocking=True)
+        if bad is not None:
+            batch = batch.masked_fill(bad, 0.0)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision):
+            patches = model(batch, offsets[rows].to(device))
+        return patches[:, 0].to(torch.complex64)
+
+    def stitchers() -> tuple[Stitcher, Stitcher]:
+        # through the central crop (the reconstruction), and through the whole patch (only to
+        # fill the rim the crops leave uncovered but the probe still lights, so that the data
+        # NLL scores the network's own prediction there rather than a guess)
+        return (Stitcher(shape, crop, crop_px=None, device=device),
+                Stitcher(shape, n, crop_px=None, device=device))
 
     t0 = time.perf_counter()
-    theta = np.zeros(scan.n_patterns)
-    with torch.no_grad():
+    rank, world = process_group()
+    bounds = np.linspace(0, n_pat, world + 1).round().astype(np.int64)
+    lo, hi = int(bounds[rank]), int(bounds[rank + 1])  # this rank's block of patterns
+    theta = np.zeros(n_pat)
+    crops = rim = rim_slot = None
+    with torch.inference_mode():
         if cfg.phase_sync:
-            theta = synchronize_phases(seed_patches, scan.positions_px, n, crop,
-                                       chunk=max(cfg.batch_size, 1024), device=device,
-                                       reg=phase_sync_reg(cfg, bundle.group_size))
-        # Two stitchings of the same patches in one pass (no extra network pass): through the
-        # central crop (the reconstruction) and through the whole patch (only to fill the rim the
-        # crops leave uncovered but the probe still lights, so that the data NLL scores the
-        # network's own prediction there rather than a guess).  With synchronization, both again
-        # without the offsets, for the NLL rule below.
-        variants = [theta] + ([np.zeros(scan.n_patterns)] if cfg.phase_sync else [])
-        stitchers = [(Stitcher(scan.object_shape_px, n, crop_px=crop, device=device),
-                      Stitcher(scan.object_shape_px, n, crop_px=None, device=device))
-                     for _ in variants]
-        rots = [torch.polar(torch.ones(scan.n_patterns), torch.from_numpy(t).float())
-                for t in variants]
-        positions = torch.from_numpy(scan.positions_px)
-        all_rows = np.arange(scan.n_patterns)
-        with tqdm(total=scan.n_patterns, desc="inference", unit="pattern", disable=not progress,
+            # only the crops are compared and stitched; whole patches are kept only where the
+            # crops leave the rim uncovered (known from the positions alone)
+            footprint = Stitcher(shape, crop, crop_px=None, device=device)
+            for start in range(0, n_pat, 4096):
+                pos = positions[start:start + 4096].to(device)
+                footprint.add(torch.ones((pos.shape[0], crop, crop), dtype=torch.complex64,
+                                         device=device), pos + crop_shift)
+            rim = _rim_patterns(scan.positions_px, n, footprint.result()[1])
+            rim_slot = np.full(n_pat, -1, dtype=np.int64)
+            rim_slot[rim] = np.arange(rim.size)
+            crops = allocate((n_pat, crop, crop), np.dtype(np.complex64))
+            rim_patches = allocate((rim.size, n, n), np.dtype(np.complex64))
+        cropped, whole = stitchers()
+        with tqdm(total=hi - lo, desc="inference", unit="pattern", disable=not progress,
                   leave=False) as bar:
-            for start in range(0, scan.n_patterns, cfg.batch_size):
-                rows = all_rows[start:start + cfg.batch_size]
+            for start in range(lo, hi, cfg.batch_size):
+                rows = np.arange(start, min(start + cfg.batch_size, hi))
                 patches = seed_patches(rows)
                 pos = positions[rows].to(device)
-                for (cropped, whole), rot in zip(stitchers, rots):
-                    rotated = patches * rot[rows].to(device)[:, None, None]
-                    cropped.add(rotated, pos)
-                    whole.add(rotated, pos)
-                bar.update(len(rows))
-        objects = []
-        for cropped, whole in stitchers:
-            obj_c, covered = cropped.result()
-            obj_w, lit = whole.result()
-            # crop-stitched where covered, whole-patch values on the rim, free space (1) beyond
-            objects.append(np.where(covered, obj_c, np.where(lit, obj_w, 1)).astype(np.complex64))
+                c = patches[:, cs:cs + crop, cs:cs + crop]
+                cropped.add(c, pos + crop_shift)
+                whole.add(patches, pos)
+                if crops is not None:
+                    crops[start:start + rows.size] = c.cpu().numpy()
+                    slots = rim_slot[rows]
+                    keep = slots >= 0
+                    if keep.any():
+                        rim_patches[slots[keep]] = patches[torch.from_numpy(keep).to(device)
+                                                           ].cpu().numpy()
+                bar.update(rows.size)
+        if world > 1:
+            cropped.all_reduce()
+            whole.all_reduce()
+            if crops is not None:
+                _share_blocks(crops, bounds, max(cfg.batch_size, 1024), device)
+                _share_blocks(rim_patches, np.searchsorted(rim, bounds), max(cfg.batch_size, 1024),
+                              device)
+        obj_c, covered = cropped.result()
+        obj_w, lit = whole.result()
+        # crop-stitched where covered, whole-patch values on the rim, free space (1) beyond
+        objects = [np.where(covered, obj_c, np.where(lit, obj_w, 1)).astype(np.complex64)]
+        if cfg.phase_sync:
+            chunk = max(cfg.batch_size, 1024)
+            theta = synchronize_phases(
+                lambda r: torch.from_numpy(np.ascontiguousarray(crops[r])), scan.positions_px,
+                crop, crop, max_sep_px=crop / 2.0, chunk=chunk, device=device,
+                reg=phase_sync_reg(cfg, bundle.group_size), distributed=world > 1)
+            rot = torch.polar(torch.ones(n_pat), torch.from_numpy(theta).float())
+            cropped, whole = stitchers()
+            for start in range(lo, hi, chunk):
+                rows = np.arange(start, min(start + chunk, hi))
+                c = torch.from_numpy(np.ascontiguousarray(crops[start:start + rows.size]))
+                cropped.add(c.to(device) * rot[rows].to(device)[:, None, None],
+                            positions[rows].to(device) + crop_shift)
+            rim_lo, rim_hi = (int(v) for v in np.searchsorted(rim, [lo, hi]))
+            for start in range(rim_lo, rim_hi, chunk):
+                rows = rim[start:min(start + chunk, rim_hi)]
+                p = torch.from_numpy(np.ascontiguousarray(rim_patches[start:start + rows.size]))
+                whole.add(p.to(device) * rot[rows].to(device)[:, None, None],
+                          positions[rows].to(device))
+            cropped.all_reduce()
+            whole.all_reduce()
+            obj_c = cropped.result()[0]
+            # only rim patches were stitched whole: their ratio is exact on the rim, where every
+            # contributing patch is a rim patch; ``lit`` is the full stitch's
+            obj_w = whole.result(min_weight=0.0)[0]
+            objects.insert(0, np.where(covered, obj_c, np.where(lit, obj_w, 1)
+                                       ).astype(np.complex64))
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0

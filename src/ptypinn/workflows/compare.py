@@ -13,7 +13,8 @@ Two steps, so arms can also be produced elsewhere (or built by hand in tests):
        comparison.png   amplitude / phase rows x (ground truth, arm, arm, ...) columns
        frc.csv          model, spatial_frequency (cycles/px), frc, threshold_half_bit
        frc.png          the FRC curves with the 1/2-bit and 1/7 thresholds
-       timings.csv      model, wall_time_s, patterns_per_s, speedup_vs_ptychi
+       timings.csv      model, wall_time_s, patterns_per_s, speedup_vs_ptychi, end_to_end_s,
+                        end_to_end_patterns_per_s, ratio_vs_ptychi
        arms/LABEL.npz   every arm's reconstruction: object, covered, probe, positions_px,
                         metadata_json (plus LABEL.product.h5, LABEL.cxi, LABEL_*.tif on request)
 
@@ -34,6 +35,12 @@ Timings are ``wall_time_s`` of each arm's reconstruction (network: inference + s
 building and running its task; "PINN+refine": the PINN's inference + stitching plus the
 refinement's updates; "refine from flat": the refinement's updates; the refinement's NLL checks
 are excluded, as pty-chi's are) and ``speed-up = PtyChi wall time / arm wall time``.
+``end_to_end_s`` is the whole call that produced the arm, timed by :func:`run_arms` on the same
+machine in the same run (network: :func:`~ptypinn.pinn.infer.reconstruct` with grouping, phase
+synchronization and its data-NLL rule; pty-chi: the chosen engine's
+:func:`~ptypinn.baselines.ptychi.reconstruct_ptychi`, including its data-NLL measurement;
+refinement arms: their ``wall_time_s``), and ``ratio_vs_ptychi`` is the arm's end-to-end
+patterns/s divided by PtyChi's.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import logging
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -66,6 +74,10 @@ from ptypinn.workflows.refine import refine_scan
 
 __all__ = ["ArmResult", "REFINE_ARM_LABELS", "footprint_mask", "run_arms", "refine_arms",
            "arm_file_stem", "write_arms", "compare", "summary_table"]
+
+TIMING_COLUMNS = ("wall_time_s", "patterns_per_s", "speedup_vs_ptychi", "end_to_end_s",
+                  "end_to_end_patterns_per_s", "ratio_vs_ptychi")
+"""Columns of ``timings.csv`` after ``model`` (see the module docstring)."""
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +112,8 @@ class ArmResult:
         The arm's positions when it refined them; None: the scan's.
     loss : list of (int, float)
         ``(epoch, value)`` loss or data-NLL history (for the product file); may be empty.
+    end_to_end_s : float, optional
+        The whole call that produced the arm (see the module docstring); None: ``wall_time_s``.
     """
 
     name: str
@@ -112,6 +126,7 @@ class ArmResult:
     probe: np.ndarray | None = None
     positions_px: np.ndarray | None = None
     loss: list[tuple[int, float]] = field(default_factory=list)
+    end_to_end_s: float | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -210,10 +225,14 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
                  if ptychi is not None or refine is not None else None)
     arms: list[ArmResult] = []
     for kind, where, bundle in networks:
-        rec = reconstruct(bundle, scan, infer_cfg, progress=progress)
+        t0 = time.perf_counter()
+        rec = reconstruct(bundle, scan, infer_cfg, progress=progress,
+                          allocate=io.scratch_array)
+        end_to_end = time.perf_counter() - t0
         arms.append(ArmResult(
             name=ARM_LABELS[kind], object=rec.object, covered=rec.covered,
             wall_time_s=rec.wall_time_s, patterns_per_s=rec.patterns_per_s,
+            end_to_end_s=end_to_end,
             nll_per_pixel=float(np.mean(rec.nll_per_pattern)),
             details={"bundle": where, "crop_px": rec.crop_px,
                      "phase_sync_applied": rec.phase_sync_applied,
@@ -225,12 +244,15 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         configs = [ptychi] if isinstance(ptychi, IterativeConfig) else list(ptychi)
         candidates = []
         for it_cfg in configs:
+            t0 = time.perf_counter()
             res = reconstruct_ptychi(scan, it_cfg)
+            res_end_to_end = time.perf_counter() - t0
             nll = res.nll_per_pixel  # measured by the adapter (with its own probe if refined)
             log.info("PtyChi %s: %d epochs, %.1f s, data NLL/px %.4f", res.algorithm,
                      res.iterations, res.wall_time_s, nll)
-            candidates.append((nll, it_cfg, res))
-        nll, it_cfg, res = min(candidates, key=lambda c: c[0] if math.isfinite(c[0]) else math.inf)
+            candidates.append((nll, it_cfg, res, res_end_to_end))
+        nll, it_cfg, res, end_to_end = min(
+            candidates, key=lambda c: c[0] if math.isfinite(c[0]) else math.inf)
         best_ptychi = it_cfg
         wall = res.wall_time_s
         arms.append(ArmResult(
@@ -238,7 +260,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
             loss=[(i, float(v)) for i, v in enumerate(res.loss_history)],
             covered=footprint, wall_time_s=wall,
             patterns_per_s=scan.n_patterns / wall if wall > 0 else math.nan,
-            nll_per_pixel=nll,
+            nll_per_pixel=nll, end_to_end_s=end_to_end,
             details={"algorithm": res.algorithm, "iterations": res.iterations,
                      "probe": "refined" if it_cfg.optimize_probe else "fixed",
                      "final_loss": res.loss_history[-1] if res.loss_history else None,
@@ -443,12 +465,19 @@ def compare(scan: ScanData, arms: list[ArmResult], out_dir: str | os.PathLike,
     }
     if scan.meta.get("object_pixel_size_m"):
         summary["object_pixel_size_m"] = float(scan.meta["object_pixel_size_m"])
+    def end_to_end(a: ArmResult) -> float:
+        return float(a.wall_time_s if a.end_to_end_s is None else a.end_to_end_s)
+
     for a in arms:
         speedup = (ptychi.wall_time_s / a.wall_time_s
                    if ptychi is not None and a.wall_time_s > 0 else None)
+        e2e = end_to_end(a)
+        ratio = (end_to_end(ptychi) / e2e if ptychi is not None and e2e > 0 else None)
         summary["arms"][a.name] = {
             "wall_time_s": float(a.wall_time_s), "patterns_per_s": _finite(a.patterns_per_s),
-            "speedup_vs_ptychi": _finite(speedup), "nll_per_pixel": _finite(a.nll_per_pixel),
+            "speedup_vs_ptychi": _finite(speedup), "end_to_end_s": e2e,
+            "end_to_end_patterns_per_s": _finite(scan.n_patterns / e2e if e2e > 0 else None),
+            "ratio_vs_ptychi": _finite(ratio), "nll_per_pixel": _finite(a.nll_per_pixel),
             "details": dict(a.details)}
 
     if truth is not None:
@@ -485,8 +514,7 @@ def compare(scan: ScanData, arms: list[ArmResult], out_dir: str | os.PathLike,
                  "threshold_half_bit": float(t)}
                 for label, c in curves.items()
                 for f, v, t in zip(c["spatial_frequency"], c["frc"], c["threshold_half_bit"])]
-    timing_rows = [{"model": a.name, **{k: summary["arms"][a.name][k] for k in
-                                        ("wall_time_s", "patterns_per_s", "speedup_vs_ptychi")}}
+    timing_rows = [{"model": a.name, **{k: summary["arms"][a.name][k] for k in TIMING_COLUMNS}}
                    for a in arms]
     title = (f"{scan.n_patterns} patterns, scored on {int(common.sum())} px covered by all arms"
              + ("" if truth is not None else f" (no ground truth; aligned to {arms[0].name})"))
@@ -497,8 +525,7 @@ def compare(scan: ScanData, arms: list[ArmResult], out_dir: str | os.PathLike,
     io.write_text(out / "metrics.csv", _csv(["model", "quantity", "metric", "value"], rows))
     io.write_text(out / "frc.csv", _csv(["model", "spatial_frequency", "frc",
                                          "threshold_half_bit"], frc_rows))
-    io.write_text(out / "timings.csv", _csv(["model", "wall_time_s", "patterns_per_s",
-                                             "speedup_vs_ptychi"], timing_rows))
+    io.write_text(out / "timings.csv", _csv(["model", *TIMING_COLUMNS], timing_rows))
     io.write_bytes(out / "comparison.png", report.comparison_png(truth, shown, common, title))
     if curves:
         io.write_bytes(out / "frc.png", report.frc_png(
@@ -520,14 +547,18 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    """A few readable lines of :func:`compare`'s summary for the console."""
-    lines = [f"{'model':<16} {'time (s)':>9} {'patt/s':>8} {'speed-up':>9} {'NLL/px':>7}"
+    """A few readable lines of :func:`compare`'s summary for the console (per arm: time,
+    patterns/s, speed-up, end-to-end patterns/s and its ratio to PtyChi's, data NLL, scores)."""
+    lines = [f"{'model':<16} {'time (s)':>9} {'patt/s':>8} {'speed-up':>9} {'e2e patt/s':>10} "
+             f"{'vs PtyChi':>9} {'NLL/px':>7}"
              + ("  amp SSIM  amp r  phase SSIM  phase r  FRC1/2 (px)"
                 if summary["ground_truth"] else "")]
     for name, a in summary["arms"].items():
-        su = a["speedup_vs_ptychi"]
+        su, ratio = a["speedup_vs_ptychi"], a.get("ratio_vs_ptychi")
         line = (f"{name:<16} {a['wall_time_s']:>9.3g} {_fmt(a['patterns_per_s'], '.0f'):>8} "
                 f"{(_fmt(su, '.1f') + 'x') if su is not None else '-':>9} "
+                f"{_fmt(a.get('end_to_end_patterns_per_s'), '.1f'):>10} "
+                f"{(_fmt(ratio, '.2f') + 'x') if ratio is not None else '-':>9} "
                 f"{_fmt(a['nll_per_pixel']):>7}")
         m = a.get("metrics")
         if m:

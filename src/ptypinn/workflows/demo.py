@@ -61,7 +61,7 @@ def run_demo(out_dir: str | os.PathLike, quick: bool = False,
     io.write_scan(out / "test.npz", test)
     t_sim = time.perf_counter() - t0
     res = train_model(cfg, train, out / "run")
-    recon = reconstruct(res.bundle, test, cfg.infer)
+    recon = reconstruct(res.bundle, test, cfg.infer, allocate=io.scratch_array)
     summary = write_outputs(out, recon, test, {
         "simulate_s": t_sim, "train_s": res.fit_time_s, "train_epochs": res.epochs_run,
         "train_samples_per_s": res.samples_per_s, "total_s": time.perf_counter() - t0,

@@ -73,7 +73,8 @@ def collect_results(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     Per arm: every metric of :func:`ptypinn.metrics.evaluate` (quantities ``amplitude``,
     ``phase``, ``complex``), ``data/nll_per_pixel`` (truth-free) and ``data/nll_minus_truth``
     (the same minus the ground truth's own NLL on the same data), ``timing/{reconstruction_s,
-    patterns_per_s, speedup_vs_ptychi, train_s}``; per cell (model ``scan``):
+    patterns_per_s, speedup_vs_ptychi, end_to_end_patterns_per_s, ratio_vs_ptychi, train_s}``
+    (:mod:`ptypinn.workflows.compare`); per cell (model ``scan``):
     ``test_overlap/*``, ``train_overlap/*`` and ``scan/{n_train_patterns, n_test_patterns,
     test_photons_per_pattern}``.
     """
@@ -100,6 +101,8 @@ def collect_results(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
             add(name, "timing", "reconstruction_s", a.get("wall_time_s"))
             add(name, "timing", "patterns_per_s", a.get("patterns_per_s"))
             add(name, "timing", "speedup_vs_ptychi", a.get("speedup_vs_ptychi"))
+            add(name, "timing", "end_to_end_patterns_per_s", a.get("end_to_end_patterns_per_s"))
+            add(name, "timing", "ratio_vs_ptychi", a.get("ratio_vs_ptychi"))
             if name in rec.get("train", {}):
                 add(name, "timing", "train_s", rec["train"][name]["fit_time_s"])
             if "iterations" in a.get("details", {}):
@@ -328,7 +331,8 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Any]:
                   f"{table_md}\n\n({seed_note}; {_TABLE_NOTE}){engine_note}\n")
 
     # timings table: per arm, averaged over all cells
-    t_header = ["model", "train (s)", "reconstruction (s)", "patterns/s", "speed-up vs PtyChi"]
+    t_header = ["model", "train (s)", "reconstruction (s)", "patterns/s", "speed-up vs PtyChi",
+                "end-to-end patterns/s", "end-to-end ratio vs PtyChi"]
     t_rows = []
     for m in models:
         def over_cells(metric: str) -> tuple[float, float, int]:
@@ -337,7 +341,9 @@ def write_report(out_dir: str | os.PathLike) -> dict[str, Any]:
         t_rows.append([m, _mean_pm(over_cells("train_s"), ".1f"),
                        _mean_pm(over_cells("reconstruction_s"), ".3g"),
                        _mean_pm(over_cells("patterns_per_s"), ".0f"),
-                       _mean_pm(over_cells("speedup_vs_ptychi"), ".1f")])
+                       _mean_pm(over_cells("speedup_vs_ptychi"), ".1f"),
+                       _mean_pm(over_cells("end_to_end_patterns_per_s"), ".1f"),
+                       _mean_pm(over_cells("ratio_vs_ptychi"), ".2f")])
 
     # curves
     numeric_x = kind != "probe"
