@@ -443,7 +443,7 @@ def reconstruct_ptychi(scan: ScanData, cfg: IterativeConfig) -> IterativeResult:
         options = _options(api, cfg, obj0.shape, use_gpu)
         task = ptychi_task.PtychographyTask(
             options,
-            diffraction_data=scan.counts,
+            diffraction_data=np.asarray(scan.counts),
             object_data=obj0[None],
             probe_data=probe,
             probe_position_x_px=q[:, 1],

@@ -54,6 +54,7 @@ from scipy import constants
 from ptypinn.data import (
     CHUNK_PATTERNS,
     CountStatistics,
+    LazyCounts,
     ScanData,
     count_statistics,
     frame_shift_px,
@@ -73,6 +74,10 @@ __all__ = [
     "detect_hdf5_kind",
     "open_hdf5",
     "wavelength_m",
+    "HDF5Rows",
+    "register_filters",
+    "unavailable_filters",
+    "FILTER_NAMES",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,9 +170,45 @@ def _refuse_foreign(f: h5py.File, path: Path) -> None:
     walk(f, "")
 
 
+FILTER_NAMES = {32008: "bitshuffle", 32004: "LZ4", 32001: "Blosc", 32026: "Blosc2",
+                32015: "Zstd", 307: "bzip2", 32017: "SZ", 32013: "ZFP", 32018: "FCIDECOMP"}
+"""Registered HDF5 filter ids of the compression plugins that hdf5plugin provides."""
+
+
+def register_filters() -> bool:
+    """Register the compression filters of detector files (bitshuffle/LZ4, Blosc, Zstd, ...)
+    with HDF5 by importing ``hdf5plugin`` when it is installed (the optional extra
+    ``ptypinn[hdf5plugin]``); whether it was."""
+    try:
+        import hdf5plugin  # noqa: F401  (registers its filters on import)
+    except ImportError:
+        return False
+    return True
+
+
+def unavailable_filters(d: h5py.Dataset) -> list[str]:
+    """Names (with ids) of the filters in ``d``'s pipeline that HDF5 cannot apply here."""
+    try:
+        plist = d.id.get_create_plist()
+        codes = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+    except (AttributeError, OSError, ValueError):  # pragma: no cover (exotic h5py builds)
+        return []
+    return [f"{FILTER_NAMES.get(c, 'filter')} (HDF5 filter id {c})" for c in codes
+            if not h5py.h5z.filter_avail(c)]
+
+
+def _check_filters(d: h5py.Dataset, path: Path, where: str) -> None:
+    """``ValueError`` naming the missing filter when ``d`` cannot be decoded here."""
+    hint = _filter_hint(d)
+    if hint:
+        raise ValueError(f"{path}: {where}: cannot read the frames{hint}")
+
+
 def open_hdf5(path: str | os.PathLike) -> h5py.File:
     """Open an HDF5 file for reading, after refusing external links, virtual datasets and
-    external raw storage anywhere in it (``ValueError`` naming the file and the object)."""
+    external raw storage anywhere in it (``ValueError`` naming the file and the object).
+    The compression filters of ``hdf5plugin`` are registered first when it is installed."""
+    register_filters()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -210,7 +251,8 @@ def _read(f: h5py.File, p: str, path: Path, dtype: Any = None, array: bool = Tru
         return np.asarray(a) if dtype is None else np.asarray(a, dtype=dtype)
     except (TypeError, ValueError, OSError) as e:
         raise ValueError(f"{path}: {p}: unreadable values ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                         f"{str(e).splitlines()[0] if str(e) else ''}){_filter_hint(d)}"
+                         ) from None
 
 
 def _first(f: h5py.File, paths: tuple[str, ...]) -> str | None:
@@ -251,6 +293,76 @@ def _fail(path: Path, where: str, expected: str, actual: Any) -> None:
     raise ValueError(f"{path}: {where}: expected {expected}, got {actual}")
 
 
+class HDF5Rows:
+    """Reads rows of one ``(n, H, W)`` HDF5 dataset on demand: the
+    :data:`ptypinn.data.RowReader` behind the :class:`~ptypinn.data.LazyCounts` of a CXI scan.
+
+    The file is opened on first use and kept open (a copy sent to another process reopens it).
+    Sorted rows are read as slices where they are dense (one contiguous read covering them),
+    else by h5py's point selection.  ``bad`` ``(H, W)``: in those pixels, values that are not
+    counts (negative, NaN/Inf, >= 2**31: detector flags) read as 0, as :func:`read_cxi` did.
+
+    Parameters
+    ----------
+    path : the HDF5 file (already checked by :func:`open_hdf5`)
+    dataset : path of the dataset in the file
+    bad : bool ``(H, W)``, optional
+    """
+
+    def __init__(self, path: str | os.PathLike, dataset: str, bad: np.ndarray | None = None
+                 ) -> None:
+        self.path = Path(path)
+        self.dataset = dataset
+        self.bad = None if bad is None or not np.any(bad) else np.asarray(bad, dtype=bool)
+        self._file: h5py.File | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None}
+
+    def _dataset(self) -> h5py.Dataset:
+        if self._file is None or not self._file.id.valid:
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as e:
+                raise ValueError(f"{self.path}: not readable any more ({e})") from None
+        return self._file[self.dataset]
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (sorted, unique) as stored, ``(len(rows), H, W)``."""
+        d = self._dataset()
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        try:
+            if hi - lo <= 2 * len(rows):  # dense: one contiguous read, then pick
+                block = d[lo:hi]
+                if hi - lo != len(rows):
+                    block = block[rows - lo]
+            else:
+                block = d[rows]
+        except (TypeError, ValueError, OSError) as e:
+            raise ValueError(f"{self.path}: {self.dataset}: unreadable values "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                             f"{_filter_hint(d)}") from None
+        block = np.asarray(block)
+        if self.bad is not None:
+            vals = block[:, self.bad].astype(np.float64)
+            junk = ~(np.isfinite(vals) & (vals >= 0) & (vals < SENTINEL_COUNTS))
+            if junk.any():
+                block = block.copy() if not block.flags.writeable else block
+                vals[junk] = 0
+                block[:, self.bad] = vals.astype(block.dtype)
+        return block
+
+
+def _filter_hint(d: h5py.Dataset) -> str:
+    """``"; ..."`` naming a compression filter of ``d`` that this h5py cannot decode, or ``""``."""
+    missing = unavailable_filters(d)
+    if not missing:
+        return ""
+    return (f"; the dataset is compressed with {', '.join(missing)}, which this installation "
+            "cannot decode: pip install 'ptypinn[hdf5plugin]' (registers the bitshuffle/LZ4/"
+            "Blosc/Zstd filters of detector files)")
+
+
 # ------------------------------------------------------------------------------------------------
 # CXI
 
@@ -283,7 +395,8 @@ def _positive(f: h5py.File, p: str, path: Path) -> float | None:
     return v
 
 
-def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) -> ScanData:
+def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None,
+             lazy: bool = True, flip_positions: bool = False) -> ScanData:
     """Read a CXI ptychography file into :class:`ScanData`.
 
     Parameters
@@ -292,6 +405,13 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
     object_pixel_size_m : float, optional
         Object (and probe) pixel size in metres.  Default: from the geometry,
         ``wavelength * distance / (N * detector_pixel_size)`` per axis.
+    lazy : bool
+        Frames ``(n, H, W)`` stay in the file and are read on demand
+        (:class:`~ptypinn.data.LazyCounts` over :class:`HDF5Rows`: memory does not grow with
+        the number of patterns); False reads them all (as does a raster ``(ny, nx, H, W)``).
+    flip_positions : bool
+        Negate the translations (``positions_px = origin + t / pixel_size``): for files whose
+        translations are beam (probe) positions rather than sample positions.
 
     Returns
     -------
@@ -308,12 +428,24 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
         if data_path is None:
             raise ValueError(f"{path}: not a CXI ptychography file: no dataset at "
                              f"{CXI_DATA[0]} or {CXI_DATA[1]}")
-        counts = _read(f, data_path, path)
-        if counts.ndim == 4:  # raster (ny, nx, H, W)
-            counts = counts.reshape(-1, *counts.shape[-2:])
-        if counts.ndim != 3 or counts.shape[0] == 0:
-            _fail(path, data_path, "frames (n, H, W) with n >= 1", counts.shape)
-        n, h, w = counts.shape
+        dset = _dataset(f, data_path, path)
+        lazy = lazy and dset.shape is not None and len(dset.shape) == 3
+        if lazy:
+            counts = None
+            shape = dset.shape
+            if shape[0] == 0:
+                _fail(path, data_path, "frames (n, H, W) with n >= 1", shape)
+            if dset.dtype.kind not in "iuf":
+                _fail(path, data_path, "real numeric frames", dset.dtype)
+            _check_filters(dset, path, data_path)
+        else:
+            counts = _read(f, data_path, path)
+            if counts.ndim == 4:  # raster (ny, nx, H, W)
+                counts = counts.reshape(-1, *counts.shape[-2:])
+            if counts.ndim != 3 or counts.shape[0] == 0:
+                _fail(path, data_path, "frames (n, H, W) with n >= 1", counts.shape)
+            shape = counts.shape
+        n, h, w = shape
 
         trans_path = _first(f, CXI_TRANSLATION)
         if trans_path is None:
@@ -346,11 +478,12 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
             bad = mask != 0
             # flagged pixels may hold sentinels (-1, NaN, 2**32-1) that are not counts: zero
             # those; valid values in flagged pixels are kept as stored
-            vals = counts[:, bad].astype(np.float64)
-            junk = ~(np.isfinite(vals) & (vals >= 0) & (vals < SENTINEL_COUNTS))
-            if junk.any():
-                vals[junk] = 0
-                counts[:, bad] = vals.astype(counts.dtype)
+            if counts is not None:
+                vals = counts[:, bad].astype(np.float64)
+                junk = ~(np.isfinite(vals) & (vals >= 0) & (vals < SENTINEL_COUNTS))
+                if junk.any():
+                    vals[junk] = 0
+                    counts[:, bad] = vals.astype(counts.dtype)
 
         energy_eV = _cxi_energy_eV(f, path)
         distance_m = _positive(f, CXI_DISTANCE, path)
@@ -375,7 +508,8 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
                 log.warning("%s: non-square object pixels (y %.4g m, x %.4g m); meta records x",
                             path, ps_y, ps_x)
 
-        pos = np.stack([-t[:, 1] / ps_y, -t[:, 0] / ps_x], axis=1)
+        sign = 1.0 if flip_positions else -1.0
+        pos = np.stack([sign * t[:, 1] / ps_y, sign * t[:, 0] / ps_x], axis=1)
 
         extras: dict[str, Any] = {}
         if CXI_PTYPINN in f:
@@ -397,7 +531,7 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
         version = _scalar(f, CXI_VERSION)
 
     origin = extras.get("positions_origin_px")
-    if origin is not None and object_pixel_size_m is None:
+    if origin is not None and object_pixel_size_m is None and not flip_positions:
         shift = np.asarray(origin, dtype=np.float64)
     else:
         shift = frame_shift_px(pos, h)
@@ -418,10 +552,16 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
         "detector_pixel_size_m": px_x_m,
         "object_pixel_size_m": ps_x,
         "positions_shift_px": shift.tolist(),
-        "positions_convention": "probe centre = origin - sample translation (CXI x -> column)",
+        "positions_convention": ("probe centre = origin + translation (flipped: "
+                                 "--flip-positions)" if flip_positions else
+                                 "probe centre = origin - sample translation (CXI x -> column)"),
     })
+    if counts is None:
+        counts = LazyCounts((n, h, w), HDF5Rows(path, data_path, bad), f"{path}: {data_path}")
+    else:
+        counts = counts.astype(np.float32)
     try:
-        return ScanData(counts=counts.astype(np.float32), positions_px=pos, probe=probe,
+        return ScanData(counts=counts, positions_px=pos, probe=probe,
                         object_true=extras.get("object_true"),
                         object_guess=extras.get("object_guess"), bad_pixels=bad, meta=meta)
     except ValueError as e:
@@ -481,7 +621,7 @@ def write_cxi(path: str | os.PathLike, scan: ScanData, image: np.ndarray | None 
     if image is not None and np.shape(image) != (hy, wx):
         raise ValueError(f"image: expected the scan's object shape ({hy}, {wx}), got "
                          f"{np.shape(image)}")
-    counts = scan.counts
+    counts = np.asarray(scan.counts)
     if np.array_equal(counts, np.round(counts)) and counts.max() < 2**31:
         counts = counts.astype(np.uint32)
 

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ptypinn.config import InferConfig
-from ptypinn.data import ScanData, pattern_totals, probe_power, to_photon_units
+from ptypinn.data import ScanData, pattern_totals, probe_power, to_photon_units, torch_counts
 from ptypinn.grouping import group_patterns
 from ptypinn.metrics import assert_not_degenerate
 from ptypinn.physics import data_nll
@@ -213,7 +213,7 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig,
         bundle.config.grouping, n_groups=None, allow_oversampling=False))
     if not np.array_equal(np.asarray(groups.indices)[:, 0], np.arange(scan.n_patterns)):
         raise RuntimeError("grouping: expected one group per pattern, seeded by that pattern")
-    counts = torch.from_numpy(scan.counts)
+    counts = torch_counts(scan.counts)  # lazy counts: rows read per batch
     indices = torch.from_numpy(np.asarray(groups.indices, dtype=np.int64))
     offsets = torch.from_numpy(np.asarray(groups.offsets_px, dtype=np.float32))
     bad = (torch.from_numpy(scan.bad_pixels).to(device)

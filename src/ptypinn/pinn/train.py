@@ -58,7 +58,7 @@ class GroupDataset(Dataset):
         if with_truth and scan.object_true is None:
             raise ValueError("model.kind='baseline': expected a scan with object_true (ground "
                              "truth; simulation only), got a scan without it")
-        self.counts = torch.from_numpy(scan.counts)
+        self.counts = torch.from_numpy(np.asarray(scan.counts))  # lazy counts: read whole
         self.indices = torch.from_numpy(np.asarray(groups.indices, dtype=np.int64))
         self.offsets = torch.from_numpy(np.asarray(groups.offsets_px, dtype=np.float32))
         self.size = scan.pattern_size
