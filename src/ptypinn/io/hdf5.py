@@ -58,6 +58,7 @@ from ptypinn.data import (
     ScanData,
     count_statistics,
     frame_shift_px,
+    iter_chunks,
     window_outside,
 )
 from ptypinn.io.files import (atomic_path, available_memory_bytes, check_memory, json_default,
@@ -621,9 +622,11 @@ def write_cxi(path: str | os.PathLike, scan: ScanData, image: np.ndarray | None 
     if image is not None and np.shape(image) != (hy, wx):
         raise ValueError(f"image: expected the scan's object shape ({hy}, {wx}), got "
                          f"{np.shape(image)}")
-    counts = np.asarray(scan.counts)
-    if np.array_equal(counts, np.round(counts)) and counts.max() < 2**31:
-        counts = counts.astype(np.uint32)
+    # frames are written chunk by chunk (lazy counts are never all in memory); as uint32 when
+    # every value is a whole number below 2**31
+    integer = all(np.array_equal(c, np.round(c)) and float(c.max()) < 2**31
+                  for c in iter_chunks(scan.counts))
+    frames_dtype = np.uint32 if integer else np.float32
 
     with atomic_path(path, suffix=".cxi") as tmp:
         with h5py.File(tmp, "w") as f:
@@ -633,7 +636,12 @@ def write_cxi(path: str | os.PathLike, scan: ScanData, image: np.ndarray | None 
             entry.create_dataset("program_name", data="ptypinn")
             det = entry.create_group("instrument_1/detector_1")
             det.attrs["NX_class"] = "NXdetector"
-            d = det.create_dataset("data", data=counts, chunks=(1, n_px, n_px))
+            d = det.create_dataset("data", shape=scan.counts.shape, dtype=frames_dtype,
+                                   chunks=(1, n_px, n_px))
+            start = 0
+            for c in iter_chunks(scan.counts):
+                d[start:start + len(c)] = c.astype(frames_dtype)
+                start += len(c)
             d.attrs["axes"] = "translation:y:x"
             det.create_dataset("distance", data=distance_m)
             det.create_dataset("x_pixel_size", data=dpx_m)
