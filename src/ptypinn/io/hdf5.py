@@ -62,7 +62,7 @@ from ptypinn.data import (
     window_outside,
 )
 from ptypinn.io.files import (atomic_path, available_memory_bytes, check_memory, json_default,
-                               json_object)
+                               json_object, read_lazily)
 
 __all__ = [
     "Product",
@@ -79,6 +79,10 @@ __all__ = [
     "register_filters",
     "unavailable_filters",
     "FILTER_NAMES",
+    "read_ptychodus",
+    "write_ptychodus_diffraction",
+    "PTYCHODUS_DIFFRACTION",
+    "PTYCHODUS_PRODUCTS",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,6 +117,14 @@ PRODUCT_EPOCHS = "/loss_epochs"
 PRODUCT_OPR = "opr_weights"  # ptychodus reads /probe@opr_weights and writes /opr_weights
 PRODUCT_PTYPINN = "/ptypinn/metadata_json"  # our run metadata (provenance); ignored by ptychodus
 CXI_IMAGE = "/entry_1/image_1"  # a reconstructed object (CXI "image" of data_type "object")
+
+# ptychodus standard layout: a directory with diffraction.h5 and product-in.h5 (see
+# docs/formats.md)
+PTYCHODUS_DIFFRACTION = "diffraction.h5"
+PTYCHODUS_PRODUCTS = ("product-in.h5", "product-out.h5")
+PTYCHODUS_PATTERNS = "/patterns"
+PTYCHODUS_INDEXES = "/indexes"
+PTYCHODUS_BAD_PIXELS = "/bad_pixels"
 
 TIKE_COPYRIGHT = "Copyright (c) 2018, UChicago Argonne, LLC. All rights reserved."
 
@@ -397,7 +409,7 @@ def _positive(f: h5py.File, p: str, path: Path) -> float | None:
 
 
 def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None,
-             lazy: bool = True, flip_positions: bool = False) -> ScanData:
+             lazy: bool | None = None, flip_positions: bool = False) -> ScanData:
     """Read a CXI ptychography file into :class:`ScanData`.
 
     Parameters
@@ -406,10 +418,11 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None,
     object_pixel_size_m : float, optional
         Object (and probe) pixel size in metres.  Default: from the geometry,
         ``wavelength * distance / (N * detector_pixel_size)`` per axis.
-    lazy : bool
+    lazy : bool or None
         Frames ``(n, H, W)`` stay in the file and are read on demand
         (:class:`~ptypinn.data.LazyCounts` over :class:`HDF5Rows`: memory does not grow with
-        the number of patterns); False reads them all (as does a raster ``(ny, nx, H, W)``).
+        the number of patterns); False reads them all (as does a raster ``(ny, nx, H, W)``);
+        None: lazily when they take at least :data:`~ptypinn.io.files.LAZY_MIN_BYTES`.
     flip_positions : bool
         Negate the translations (``positions_px = origin + t / pixel_size``): for files whose
         translations are beam (probe) positions rather than sample positions.
@@ -430,7 +443,8 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None,
             raise ValueError(f"{path}: not a CXI ptychography file: no dataset at "
                              f"{CXI_DATA[0]} or {CXI_DATA[1]}")
         dset = _dataset(f, data_path, path)
-        lazy = lazy and dset.shape is not None and len(dset.shape) == 3
+        lazy = (dset.shape is not None and len(dset.shape) == 3
+                and read_lazily(lazy, dset.shape))
         if lazy:
             counts = None
             shape = dset.shape
@@ -915,6 +929,132 @@ def write_product(path: str | os.PathLike, product: Product) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# ptychodus standard layout (diffraction.h5 + product-in.h5)
+
+
+def _ptychodus_paths(path: Path) -> tuple[Path, Path]:
+    """The diffraction file and its product file, from the directory or the diffraction file."""
+    diffraction = path / PTYCHODUS_DIFFRACTION if path.is_dir() else path
+    for name in PTYCHODUS_PRODUCTS:
+        if (diffraction.parent / name).is_file():
+            return diffraction, diffraction.parent / name
+    raise ValueError(f"{diffraction}: a ptychodus diffraction file needs its product file (probe, "
+                     f"positions, object) beside it: {' or '.join(PTYCHODUS_PRODUCTS)} in "
+                     f"{diffraction.parent}")
+
+
+def read_ptychodus(path: str | os.PathLike, lazy: bool | None = None) -> ScanData:
+    """Read a scan in ptychodus's standard layout into :class:`ScanData`.
+
+    ``path`` is the directory, or its ``diffraction.h5``; the product is ``product-in.h5``
+    beside it (else ``product-out.h5``).  ``diffraction.h5``: ``/patterns (n, H, W)`` counts
+    as measured (zero frequency at the centre), ``/indexes (n,)``, ``/bad_pixels (H, W)``
+    (nonzero = bad) and the detector pixel size in ``/patterns@detector_pixel_{width,height}_m``.
+    The product (:func:`read_product`) gives the probe, the object (read as the initial guess,
+    ``object_guess``), the positions in its pixel frame (matched to the patterns by index),
+    the photon energy and the detector distance.  The probe is not taken to be in photon units.
+
+    ``lazy``: the patterns stay in the file and are read on demand (None: when they take at
+    least :data:`~ptypinn.io.files.LAZY_MIN_BYTES`).
+    """
+    diffraction, product_path = _ptychodus_paths(Path(path))
+    product = read_product(product_path)
+    with open_hdf5(diffraction) as f:
+        d = _dataset(f, PTYCHODUS_PATTERNS, diffraction)
+        if d.shape is None or len(d.shape) != 3 or d.shape[0] == 0:
+            _fail(diffraction, PTYCHODUS_PATTERNS, "patterns (n, H, W) with n >= 1", d.shape)
+        if d.dtype.kind not in "iuf":
+            _fail(diffraction, PTYCHODUS_PATTERNS, "real numeric patterns", d.dtype)
+        _check_filters(d, diffraction, PTYCHODUS_PATTERNS)
+        n, h, w = d.shape
+        pixel = {k: (_attr_float(d, k, diffraction, PTYCHODUS_PATTERNS) if k in d.attrs else None)
+                 for k in ("detector_pixel_width_m", "detector_pixel_height_m")}
+        indexes = (_read(f, PTYCHODUS_INDEXES, diffraction).reshape(-1).astype(np.int64)
+                   if PTYCHODUS_INDEXES in f else np.arange(n))
+        if indexes.shape != (n,):
+            _fail(diffraction, PTYCHODUS_INDEXES, f"{n} indexes (one per pattern)", indexes.shape)
+        bad = None
+        if PTYCHODUS_BAD_PIXELS in f:
+            bad = _read(f, PTYCHODUS_BAD_PIXELS, diffraction) != 0
+            if bad.shape != (h, w):
+                _fail(diffraction, PTYCHODUS_BAD_PIXELS, f"shape ({h}, {w})", bad.shape)
+        lazily = read_lazily(lazy, (n, h, w))
+        if not lazily:
+            check_memory(float(n * h * w) * d.dtype.itemsize, f"{diffraction}: {PTYCHODUS_PATTERNS}")
+    rows = HDF5Rows(diffraction, PTYCHODUS_PATTERNS, bad)
+    counts: Any = LazyCounts((n, h, w), rows, f"{diffraction}: {PTYCHODUS_PATTERNS}")
+    if not lazily:
+        counts = counts[:]
+        rows._file = None  # the whole array is read: let the file go
+
+    # positions: the product's, matched to the patterns by index
+    with open_hdf5(product_path) as f:
+        pidx = (_read(f, PRODUCT_INDEXES, product_path).reshape(-1).astype(np.int64)
+                if PRODUCT_INDEXES in f else np.arange(product.positions_px.shape[0]))
+    where = {int(k): i for i, k in enumerate(pidx)}
+    missing = [int(k) for k in indexes if int(k) not in where]
+    if missing:
+        raise ValueError(f"{product_path}: {PRODUCT_INDEXES}: no position for pattern index "
+                         f"{missing[0]} of {diffraction} ({len(missing)} missing)")
+    pos = product.positions_px[[where[int(k)] for k in indexes]]
+    probe = product.probe[0] if product.probe.shape[0] == 1 else product.probe
+    meta: dict[str, Any] = {
+        "provenance": f"ptychodus:{diffraction.name}+{product_path.name}",
+        "measurement": "counts",
+        "probe_calibrated": False,
+        "photon_energy_eV": product.photon_energy_eV,
+        "detector_distance_m": product.detector_distance_m,
+        "detector_pixel_size_m": pixel["detector_pixel_width_m"],
+        "object_pixel_size_m": product.object_pixel_size_m,
+        "positions_convention": "ptychodus product positions mapped into its object's frame",
+    }
+    try:
+        return ScanData(counts=counts, positions_px=pos, probe=probe,
+                        object_guess=product.object, bad_pixels=bad, meta=meta)
+    except ValueError as e:
+        if not str(e).startswith("positions_px"):
+            raise ValueError(f"{diffraction}: {e}") from None
+    # a window reaches the product object's edge: frame the positions on their own
+    shift = frame_shift_px(pos, h)
+    log.warning("%s: positions leave the object of %s by a fraction of a pixel; framing them "
+                "on their own (shift %s px) without its object", diffraction, product_path.name,
+                shift.tolist())
+    meta["positions_shift_px"] = shift.tolist()
+    try:
+        return ScanData(counts=counts, positions_px=pos + shift, probe=probe, bad_pixels=bad,
+                        meta=meta)
+    except ValueError as e:
+        raise ValueError(f"{diffraction}: {e}") from None
+
+
+def write_ptychodus_diffraction(path: str | os.PathLike, scan: ScanData,
+                                compression: str | None = "lzf") -> None:
+    """Write ``scan``'s counts as ptychodus's ``diffraction.h5`` (atomically, chunk by chunk):
+    ``/patterns`` (float32 or uint32 when whole numbers), ``/indexes``, ``/bad_pixels`` and the
+    detector pixel size attributes.  With :func:`write_product` (as ``product-in.h5`` beside
+    it) this is ptychodus's standard layout, which :func:`read_ptychodus` reads."""
+    path = Path(path)
+    n, h, w = scan.counts.shape
+    integer = all(np.array_equal(c, np.round(c)) and float(c.max()) < 2**31
+                  for c in iter_chunks(scan.counts))
+    dtype = np.uint32 if integer else np.float32
+    px = float(scan.meta.get("detector_pixel_size_m") or 0.0)
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset(PTYCHODUS_INDEXES, data=np.arange(n, dtype=np.int64))
+            d = f.create_dataset(PTYCHODUS_PATTERNS, shape=(n, h, w), dtype=dtype,
+                                 chunks=(1, h, w), compression=compression)
+            start = 0
+            for c in iter_chunks(scan.counts):
+                d[start:start + len(c)] = c.astype(dtype)
+                start += len(c)
+            d.attrs["detector_pixel_width_m"] = px
+            d.attrs["detector_pixel_height_m"] = px
+            bad = (np.zeros((h, w), bool) if scan.bad_pixels is None else scan.bad_pixels)
+            f.create_dataset(PTYCHODUS_BAD_PIXELS, data=bad)
+
+
+# ------------------------------------------------------------------------------------------------
 # the tike Siemens-star scan
 
 
@@ -994,13 +1134,16 @@ def read_tike_siemens_npz_bz2(path: str | os.PathLike) -> ScanData:
 # inspection
 
 
-def detect_hdf5_kind(path: str | os.PathLike) -> Literal["cxi", "product", "unknown-hdf5"]:
+def detect_hdf5_kind(path: str | os.PathLike
+                     ) -> Literal["cxi", "product", "ptychodus-diffraction", "unknown-hdf5"]:
     """Which HDF5 layout a file holds, by content."""
     with open_hdf5(path) as f:
         if CXI_VERSION in f or _first(f, CXI_DATA) is not None:
             return "cxi"
         if all(p in f for p in (PRODUCT_X, PRODUCT_Y, PRODUCT_PROBE, PRODUCT_OBJECT)):
             return "product"
+        if PTYCHODUS_PATTERNS in f and isinstance(f[PTYCHODUS_PATTERNS], h5py.Dataset):
+            return "ptychodus-diffraction"
     return "unknown-hdf5"
 
 
