@@ -74,11 +74,15 @@ def _write_config(out_dir: Path, cfg: Any, name: str = "config.resolved.yaml") -
 
 
 def _read_scan(path: str, measurement: str | None = None,
-               photons_per_pattern: float | None = None, bundle: Any = None):
+               photons_per_pattern: float | None = None, bundle: Any = None,
+               args: argparse.Namespace | None = None):
     """Read a scan and bring it to photon units by the one rule of every command
     (``data.to_photon_units``; with a bundle, ``pinn.infer.prepare_scan``, which also warns when
-    the bundle's training beam or flux does not match the scan)."""
-    scan = ptypinn.read_scan(path, measurement=measurement)
+    the bundle's training beam or flux does not match the scan).  ``args``: the command's
+    ``--flip-positions`` and ``--truth``."""
+    scan = ptypinn.read_scan(path, measurement=measurement,
+                             flip_positions=bool(getattr(args, "flip_positions", False)),
+                             truth=getattr(args, "truth", None))
     if bundle is not None:
         return ptypinn.prepare_scan(bundle, scan, photons_per_pattern)
     return ptypinn.to_photon_units(scan, photons_per_pattern=photons_per_pattern)
@@ -314,7 +318,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = _guard_output(args.output, [args.train, *_config_inputs(args, cfg)],
                         existing_ok=args.resume or args.overwrite or _secondary_rank(),
                         hint=_EXISTING_RUN)
-    scan = _read_scan(args.train, args.measurement, args.photons_per_pattern)
+    scan = _read_scan(args.train, args.measurement, args.photons_per_pattern, args=args)
     ptypinn.check_training(cfg, scan, out, resume=args.resume)
     _log_to_file(out)
     from ptypinn import io
@@ -360,7 +364,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
                         existing_ok=args.overwrite)
     _check_devices(cfg, ("infer", "refine"))
     bundle = ptypinn.load_bundle(args.run)
-    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern, bundle)
+    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern, bundle, args)
     formats = _formats(args, scan)
     recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress())
     refined = _refine_pinn(recon, scan, cfg)
@@ -379,7 +383,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     out = _guard_output(args.output, [args.scan, *_config_inputs(args, cfg)],
                         existing_ok=args.overwrite or _secondary_rank())
     _check_devices(cfg, ("infer", "refine"))
-    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern)
+    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern, args=args)
     formats = _formats(args, scan)
     ptypinn.check_training(cfg, scan, out / "run")
     _log_to_file(out)
@@ -408,7 +412,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                       *_config_inputs(args, cfg)], existing_ok=args.overwrite)
     _check_devices(cfg, ("infer", "refine") + (("iterative",) if ptychi else ()))
     scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern,
-                      ptypinn.load_bundle(args.pinn) if args.pinn else None)
+                      ptypinn.load_bundle(args.pinn) if args.pinn else None, args)
     formats = _formats(args, scan)
     arms = run_arms(scan, pinn=args.pinn, baseline=args.baseline, ptychi=ptychi,
                     infer_cfg=cfg.infer, refine=cfg.refine if cfg.refine.epochs > 0 else None,
@@ -497,6 +501,16 @@ def build_parser() -> argparse.ArgumentParser:
     measurement = dict(choices=["amplitude", "counts"], default=None,
                        help="what a reference-format NPZ 'diffraction' array holds")
 
+    def _add_input(q: argparse.ArgumentParser, truth: bool = False) -> None:
+        q.add_argument("--measurement", **measurement)
+        q.add_argument("--flip-positions", action="store_true",
+                       help="negate the scan positions read from the file (CXI translations "
+                       "that are beam rather than sample positions; see docs/formats.md)")
+        if truth:
+            q.add_argument("--truth", choices=["objectGuess"], default=None,
+                           help="reference (PtychoPINN) NPZ from simulation: its objectGuess "
+                           "is the ground truth, score against it (default: an initial guess)")
+
     t = sub.add_parser("train", help="train a model (PINN or baseline) on a scan")
     _add_common(t)
     t.add_argument("config_positional", nargs="?", metavar="CONFIG",
@@ -507,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(metrics.csv keeps its rows)")
     t.add_argument("--overwrite", action="store_true",
                    help="train afresh into an existing run directory, replacing its bundle")
-    t.add_argument("--measurement", **measurement)
+    _add_input(t)
     _add_scale(t)
     t.set_defaults(func=cmd_train)
 
@@ -518,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("-o", "--output", required=True, help="output directory")
     i.add_argument("--overwrite", action="store_true",
                    help="write into an existing output directory, replacing its files")
-    i.add_argument("--measurement", **measurement)
+    _add_input(i, truth=True)
     _add_scale(i)
     _add_refine(i)
     _add_format(i)
@@ -530,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True, help="output directory")
     r.add_argument("--overwrite", action="store_true",
                    help="write into an existing output directory, replacing its files")
-    r.add_argument("--measurement", **measurement)
+    _add_input(r, truth=True)
     _add_scale(r)
     _add_refine(r)
     _add_format(r)
@@ -553,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output directory")
     c.add_argument("--overwrite", action="store_true",
                    help="write into an existing output directory, replacing its files")
-    c.add_argument("--measurement", **measurement)
+    _add_input(c, truth=True)
     _add_scale(c)
     _add_refine(c)
     _add_format(c, "every arm's reconstruction (under OUTPUT/arms/; npz is always written)")

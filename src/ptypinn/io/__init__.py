@@ -4,7 +4,9 @@
   32-bit TIFF.
 * :mod:`ptypinn.io.scans` -- scan formats: detection, the ``{format: reader}`` table, canonical and
   reference NPZ.
-* :mod:`ptypinn.io.hdf5` -- CXI, ptychodus product files, the tike Siemens-star scan.
+* :mod:`ptypinn.io.hdf5` -- CXI, ptychodus product files and standard layout
+  (``diffraction.h5`` + ``product-in.h5``), the tike Siemens-star scan, HDF5 compression
+  filters (``hdf5plugin``), lazy HDF5 frames.
 
 The names below are re-exported so callers write ``from ptypinn import io; io.read_scan(...)``.
 This package imports only :mod:`ptypinn.data` and :mod:`ptypinn.config` from the rest of
@@ -12,6 +14,7 @@ ptypinn.
 """
 
 from ptypinn.io.files import (
+    LAZY_MIN_BYTES,
     TMP_PREFIX,
     WriteError,
     atomic_path,
@@ -43,17 +46,23 @@ from ptypinn.io.files import (
     write_yaml,
 )
 from ptypinn.io.hdf5 import (
+    HDF5Rows,
     Product,
     describe_hdf5,
     detect_hdf5_kind,
     read_cxi,
     read_product,
+    read_ptychodus,
     read_tike_siemens_npz_bz2,
+    register_filters,
+    unavailable_filters,
     write_cxi,
     write_product,
+    write_ptychodus_diffraction,
 )
 from ptypinn.io.scans import (
     SCAN_FORMAT,
+    NpzRows,
     detect_format,
     read_probe,
     read_reference_npz,
@@ -73,4 +82,6 @@ __all__ = [
     "read_tike_siemens_npz_bz2", "write_cxi", "write_product",
     "SCAN_FORMAT", "detect_format", "read_probe", "read_reference_npz", "read_scan",
     "read_scan_summary", "write_scan",
+    "LAZY_MIN_BYTES", "HDF5Rows", "NpzRows", "read_ptychodus", "write_ptychodus_diffraction",
+    "register_filters", "unavailable_filters",
 ]
