@@ -548,7 +548,7 @@ def test_ptychodus_layout_errors(tmp_path: Path) -> None:
     d = tmp_path / "run"
     _ptychodus_dir(d, scan)
     (d / "product-in.h5").rename(tmp_path / "elsewhere.h5")
-    with pytest.raises(ValueError, match="product-in.h5 or product-out.h5"):
+    with pytest.raises(ValueError, match="product.h5 or product-in.h5 or product-out.h5"):
         pio.read_scan(d)
     (tmp_path / "elsewhere.h5").rename(d / "product-in.h5")
     with h5py.File(d / "diffraction.h5", "r+") as f:

@@ -118,10 +118,10 @@ PRODUCT_OPR = "opr_weights"  # ptychodus reads /probe@opr_weights and writes /op
 PRODUCT_PTYPINN = "/ptypinn/metadata_json"  # our run metadata (provenance); ignored by ptychodus
 CXI_IMAGE = "/entry_1/image_1"  # a reconstructed object (CXI "image" of data_type "object")
 
-# ptychodus standard layout: a directory with diffraction.h5 and product-in.h5 (see
+# ptychodus standard layout: a directory with diffraction.h5 and product.h5 (see
 # docs/formats.md)
 PTYCHODUS_DIFFRACTION = "diffraction.h5"
-PTYCHODUS_PRODUCTS = ("product-in.h5", "product-out.h5")
+PTYCHODUS_PRODUCTS = ("product.h5", "product-in.h5", "product-out.h5")
 PTYCHODUS_PATTERNS = "/patterns"
 PTYCHODUS_INDEXES = "/indexes"
 PTYCHODUS_BAD_PIXELS = "/bad_pixels"
