@@ -115,3 +115,28 @@ def test_rim_outside_the_crops_holds_the_whole_patch_stitch(bundle, tiny_pair):
     assert rim.any() and rec.crop_px < 32
     assert np.all(rec.object[~lit] == 1)
     assert not np.allclose(rec.object[rim], 1)  # the network's values, not a fill constant
+
+
+def _lazy_copy(scan):
+    from ptypinn.data import LazyCounts
+
+    arr = np.asarray(scan.counts)
+    return scan.replace(counts=LazyCounts(arr.shape, lambda rows: arr[rows], "memory"))
+
+
+def test_lazy_counts_reconstruct_like_the_array(bundle, tiny_pair):
+    """Counts read per batch (data bigger than RAM) give the same reconstruction."""
+    _, test = tiny_pair
+    cfg = InferConfig(device="cpu", batch_size=16)
+    a, b = reconstruct(bundle, test, cfg), reconstruct(bundle, _lazy_copy(test), cfg)
+    np.testing.assert_allclose(b.object, a.object, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.nll_per_pattern, a.nll_per_pattern, rtol=1e-5)
+
+
+def test_progress_bars_only_when_asked(bundle, tiny_pair, capsys):
+    _, test = tiny_pair
+    reconstruct(bundle, test, InferConfig(device="cpu"), progress=False)
+    assert capsys.readouterr().err == ""
+    reconstruct(bundle, test, InferConfig(device="cpu", phase_sync=True), progress=True)
+    err = capsys.readouterr().err
+    assert "phase sync" in err and "inference" in err

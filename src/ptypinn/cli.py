@@ -434,7 +434,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     _log_to_file(out)
     _provenance(out, None)
     # train.progress_bar is left as configured: it is part of each cell's resume key
-    summary = write_report(out) if args.report_only else run_study(args.config, out, args.set)
+    summary = (write_report(out) if args.report_only
+               else run_study(args.config, out, args.set, progress=_progress()))
     print(summary["table"])
     print(f"finding: {summary['finding']}")
     print(f"report: {out / 'report.html'} ({summary['n_cells']} cells)")

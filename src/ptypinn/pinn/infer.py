@@ -186,6 +186,12 @@ def _check_scan(bundle: Bundle, scan: ScanData) -> None:
                          f"{scan.n_patterns}")
 
 
+def _counted(patches: torch.Tensor, bar: tqdm) -> torch.Tensor:
+    """``patches``, after advancing ``bar`` by their number."""
+    bar.update(len(patches))
+    return patches
+
+
 def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig,
                 progress: bool = False) -> Reconstruction:
     """Run the bundle's model over ``scan`` and stitch the result.
@@ -193,8 +199,9 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig,
     The scan's bad pixels are zeroed in the network input and left out of the data NLL.  A scan
     whose probe is not in photon units is brought there by :func:`prepare_scan` first (callers
     that keep the scan for other uses, e.g. the data NLL of another arm, call it themselves).
-    ``progress`` shows a progress bar of the patterns on stderr (the command line turns it on
-    only on a terminal).
+    ``progress`` shows progress bars on stderr (the command line turns them on only on a
+    terminal): the patches computed for phase synchronization (owners and their overlapping
+    partners, so more than one per pattern), then the patterns stitched.
 
     Raises
     ------
@@ -237,9 +244,11 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig,
     theta = np.zeros(scan.n_patterns)
     with torch.no_grad():
         if cfg.phase_sync:
-            theta = synchronize_phases(seed_patches, scan.positions_px, n, crop,
-                                       chunk=max(cfg.batch_size, 1024), device=device,
-                                       reg=phase_sync_reg(cfg, bundle.group_size))
+            with tqdm(desc="phase sync", unit="patch", disable=not progress, leave=False) as sb:
+                theta = synchronize_phases(lambda r: _counted(seed_patches(r), sb),
+                                           scan.positions_px, n, crop,
+                                           chunk=max(cfg.batch_size, 1024), device=device,
+                                           reg=phase_sync_reg(cfg, bundle.group_size))
         # Two stitchings of the same patches in one pass (no extra network pass): through the
         # central crop (the reconstruction) and through the whole patch (only to fill the rim the
         # crops leave uncovered but the probe still lights, so that the data NLL scores the

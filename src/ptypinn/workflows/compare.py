@@ -225,7 +225,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         configs = [ptychi] if isinstance(ptychi, IterativeConfig) else list(ptychi)
         candidates = []
         for it_cfg in configs:
-            res = reconstruct_ptychi(scan, it_cfg)
+            res = reconstruct_ptychi(scan, it_cfg, progress=progress)
             nll = res.nll_per_pixel  # measured by the adapter (with its own probe if refined)
             log.info("PtyChi %s: %d epochs, %.1f s, data NLL/px %.4f", res.algorithm,
                      res.iterations, res.wall_time_s, nll)
