@@ -555,3 +555,13 @@ def test_ptychodus_layout_errors(tmp_path: Path) -> None:
         f["indexes"][0] = 99
     with pytest.raises(ValueError, match="no position for pattern index 99"):
         pio.read_scan(d)
+
+
+def test_info_describes_the_ptychodus_layout(tmp_path: Path, capsys) -> None:
+    from ptypinn.cli import main
+
+    _ptychodus_dir(tmp_path / "run", _scan())
+    for where in (tmp_path / "run", tmp_path / "run" / "diffraction.h5"):
+        assert main(["info", str(where)]) == 0
+        out = capsys.readouterr().out
+        assert "ptychodus" in out and "patterns: 5" in out
