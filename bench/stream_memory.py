@@ -40,18 +40,20 @@ import numpy as np
 RUN_CLI = "import sys; from ptypinn.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-def _cli(args: list[str]) -> tuple[float, float, int, str]:
-    """Peak RSS (GiB), wall time (s), exit code and output of ``ptypinn ARGS`` in a child."""
+def _cli(args: list[str], src: str | None = None) -> tuple[float, float, int, str]:
+    """Peak RSS (GiB), wall time (s), exit code and output of ``ptypinn ARGS`` in a child
+    (``src``: the child imports ptypinn from there, e.g. an older checkout's ``src``)."""
+    env = dict(os.environ, PYTHONPATH=src) if src else None
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", RUN_CLI, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
     out = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     return (usage.ru_maxrss / 2**20, time.perf_counter() - t0, os.waitstatus_to_exitcode(status),
             out)
 
 
-def tiny_bundle(d: Path) -> Path:
+def tiny_bundle(d: Path, src: str | None = None) -> Path:
     """Simulate a 64x64 scan and train a tiny PINN on it; the run directory."""
     import ptypinn
     from ptypinn import io as pio
@@ -63,7 +65,7 @@ def tiny_bundle(d: Path) -> Path:
     rss, wall, rc, out = _cli(["train", "--train", str(d / "train.npz"), "-o", str(d / "run"),
                                "--set", "model.width=8", "--set", "train.epochs=2",
                                "--set", "train.accelerator=cpu", "--set",
-                               "train.progress_bar=false"])
+                               "train.progress_bar=false"], src)
     if rc != 0:
         raise SystemExit(f"training failed:\n{out}")
     print(f"tiny bundle: {scan.n_patterns} patterns, trained in {wall:.0f} s")
@@ -97,6 +99,10 @@ def main() -> int:
     ap.add_argument("--sync", action="store_true", help="keep phase synchronization on")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--tmp", default=tempfile.gettempdir())
+    ap.add_argument("--child-src", default=None,
+                    help="run the training and `ptypinn infer` children with PYTHONPATH=this "
+                    "(an older checkout's src, for a before/after comparison); the files are "
+                    "written by this checkout")
     args = ap.parse_args()
     import ptypinn
     from ptypinn import io as pio
@@ -108,7 +114,7 @@ def main() -> int:
     ok = True
     with tempfile.TemporaryDirectory(prefix="ptypinn-stream-bench-", dir=args.tmp) as d:
         d = Path(d)
-        run = tiny_bundle(d)
+        run = tiny_bundle(d, args.child_src)
         base = ptypinn.read_scan(d / "train.npz")
         print(f"{'patterns':>9s} {'file GiB':>8s} {'canvas':>7s} {'exit':>4s} "
               f"{'peak RSS GiB':>12s} {'wall s':>7s} {'patterns/s':>10s}")
@@ -121,7 +127,7 @@ def main() -> int:
                    "--set", "infer.device=cpu", "--set", f"infer.batch_size={args.batch_size}"]
             if not args.sync:
                 cmd += ["--set", "infer.phase_sync=false"]
-            rss, wall, rc, out = _cli(cmd)
+            rss, wall, rc, out = _cli(cmd, args.child_src)
             rate = re.search(r"\(([\d.]+) patterns/s\)", out)
             if rc != 0:
                 ok = False

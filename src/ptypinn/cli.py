@@ -516,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(t)
     t.add_argument("config_positional", nargs="?", metavar="CONFIG",
                    help="deprecated: use --config")
-    t.add_argument("--train", required=True, help="training scan file")
+    t.add_argument("--train", required=True, help="training scan file (any supported format, or a "
+                   "ptychodus directory: diffraction.h5 + product.h5)")
     t.add_argument("-o", "--output", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt "
                    "(metrics.csv keeps its rows)")
@@ -529,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("infer", help="reconstruct a scan with a trained bundle")
     i.add_argument("run", help="run directory or bundle directory")
     _add_common(i, config_positional=False)
-    i.add_argument("--scan", required=True, help="scan file to reconstruct")
+    i.add_argument("--scan", required=True, help="scan file to reconstruct (NPZ, reference NPZ, CXI, or a "
+                   "ptychodus directory: diffraction.h5 + product.h5)")
     i.add_argument("-o", "--output", required=True, help="output directory")
     i.add_argument("--overwrite", action="store_true",
                    help="write into an existing output directory, replacing its files")
@@ -540,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_infer)
 
     r = sub.add_parser("reconstruct", help="self-supervised: train on a scan, then reconstruct it")
-    r.add_argument("scan", help="scan file")
+    r.add_argument("scan", help="scan file (or a ptychodus directory: diffraction.h5 + "
+                   "product.h5)")
     _add_common(r, config_positional=False)
     r.add_argument("-o", "--output", required=True, help="output directory")
     r.add_argument("--overwrite", action="store_true",
@@ -552,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_reconstruct)
 
     c = sub.add_parser("compare", help="run PINN / baseline / pty-chi on one scan and compare them")
-    c.add_argument("scan", help="test scan file")
+    c.add_argument("scan", help="test scan file (or a ptychodus directory: diffraction.h5 "
+                   "+ product.h5)")
     _add_common(c, config_positional=False)
     c.add_argument("--pinn", help="PINN run or bundle directory")
     c.add_argument("--baseline", help="supervised-baseline run or bundle directory")
