@@ -530,8 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("infer", help="reconstruct a scan with a trained bundle")
     i.add_argument("run", help="run directory or bundle directory")
     _add_common(i, config_positional=False)
-    i.add_argument("--scan", required=True, help="scan file to reconstruct (NPZ, reference NPZ, CXI, or a "
-                   "ptychodus directory: diffraction.h5 + product.h5)")
+    i.add_argument("--scan", required=True,
+                   help="scan file to reconstruct (NPZ, reference NPZ, CXI, or a ptychodus "
+                   "directory: diffraction.h5 + product.h5)")
     i.add_argument("-o", "--output", required=True, help="output directory")
     i.add_argument("--overwrite", action="store_true",
                    help="write into an existing output directory, replacing its files")

@@ -980,7 +980,8 @@ def read_ptychodus(path: str | os.PathLike, lazy: bool | None = None) -> ScanDat
                 _fail(diffraction, PTYCHODUS_BAD_PIXELS, f"shape ({h}, {w})", bad.shape)
         lazily = read_lazily(lazy, (n, h, w))
         if not lazily:
-            check_memory(float(n * h * w) * d.dtype.itemsize, f"{diffraction}: {PTYCHODUS_PATTERNS}")
+            check_memory(float(n * h * w) * d.dtype.itemsize,
+                         f"{diffraction}: {PTYCHODUS_PATTERNS}")
     rows = HDF5Rows(diffraction, PTYCHODUS_PATTERNS, bad)
     counts: Any = LazyCounts((n, h, w), rows, f"{diffraction}: {PTYCHODUS_PATTERNS}")
     if not lazily:

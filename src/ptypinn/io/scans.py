@@ -117,8 +117,8 @@ def _lazy_npz_counts(path: str | os.PathLike, key: str, lazy: bool | None,
     legacy = len(shape) == 3 and shape[0] == shape[1] and shape[2] != shape[0]
     if len(shape) != 3 or legacy or dtype.kind not in "iuf" or not read_lazily(lazy, shape):
         return None
-    return LazyCounts(shape, NpzRows(path, key, offset, shape, dtype, amplitude),  # type: ignore[arg-type]
-                      f"{path}: '{key}'")
+    reader = NpzRows(path, key, offset, shape, dtype, amplitude)
+    return LazyCounts(shape, reader, f"{path}: '{key}'")  # type: ignore[arg-type]
 
 # ------------------------------------------------------------------------------------------------
 # scans

@@ -56,7 +56,8 @@ def describe_summary(scan: ScanSummary) -> list[str]:
 def describe_path(path: str | os.PathLike, measurement: str | None = None) -> list[str]:
     """Describe a scan file (any supported format) or a bundle/run directory."""
     p = Path(path)
-    if p.is_dir() and io.detect_format(p) == "ptychodus-dir":
+    if (p.is_dir() and (p / "diffraction.h5").is_file()
+            and io.detect_format(p) == "ptychodus-dir"):
         return ([f"{p}: ptychodus standard layout (diffraction.h5 + product)"]
                 + describe_summary(io.read_scan_summary(p, measurement)))
     if p.is_dir():
