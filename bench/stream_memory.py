@@ -53,7 +53,7 @@ def _cli(args: list[str], src: str | None = None) -> tuple[float, float, int, st
             out)
 
 
-def tiny_bundle(d: Path, src: str | None = None) -> Path:
+def tiny_bundle(d: Path, src: str | None = None, width: int = 8, depth: int = 3) -> Path:
     """Simulate a 64x64 scan and train a tiny PINN on it; the run directory."""
     import ptypinn
     from ptypinn import io as pio
@@ -63,12 +63,14 @@ def tiny_bundle(d: Path, src: str | None = None) -> Path:
                                                   photons_per_pattern=1e6, seed=1))
     pio.write_scan(d / "train.npz", scan)
     rss, wall, rc, out = _cli(["train", "--train", str(d / "train.npz"), "-o", str(d / "run"),
-                               "--set", "model.width=8", "--set", "train.epochs=2",
+                               "--set", f"model.width={width}", "--set",
+                               f"model.depth={depth}", "--set", "train.epochs=2",
                                "--set", "train.accelerator=cpu", "--set",
                                "train.progress_bar=false"], src)
     if rc != 0:
         raise SystemExit(f"training failed:\n{out}")
-    print(f"tiny bundle: {scan.n_patterns} patterns, trained in {wall:.0f} s")
+    print(f"tiny bundle: width {width}, depth {depth}, {scan.n_patterns} patterns, trained in "
+          f"{wall:.0f} s")
     return d / "run"
 
 
@@ -98,6 +100,8 @@ def main() -> int:
     ap.add_argument("--step", type=float, default=4.0, help="raster step in pixels")
     ap.add_argument("--sync", action="store_true", help="keep phase synchronization on")
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--width", type=int, default=8, help="model.width of the tiny bundle")
+    ap.add_argument("--depth", type=int, default=3, help="model.depth of the tiny bundle")
     ap.add_argument("--tmp", default=tempfile.gettempdir())
     ap.add_argument("--child-src", default=None,
                     help="run the training and `ptypinn infer` children with PYTHONPATH=this "
@@ -114,7 +118,7 @@ def main() -> int:
     ok = True
     with tempfile.TemporaryDirectory(prefix="ptypinn-stream-bench-", dir=args.tmp) as d:
         d = Path(d)
-        run = tiny_bundle(d, args.child_src)
+        run = tiny_bundle(d, args.child_src, args.width, args.depth)
         base = ptypinn.read_scan(d / "train.npz")
         print(f"{'patterns':>9s} {'file GiB':>8s} {'canvas':>7s} {'exit':>4s} "
               f"{'peak RSS GiB':>12s} {'wall s':>7s} {'patterns/s':>10s}")

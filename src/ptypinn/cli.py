@@ -602,10 +602,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+MMAP_THRESHOLD_BYTES = 1 << 20
+"""Process setting of the command line (glibc only): buffers of at least 1 MiB get their own
+memory mappings, returned to the system when freed.  Without it glibc's adaptive threshold puts
+the per-batch buffers of a streamed scan (counts read from the file, FFT temporaries) on the
+heap, whose fragmentation kept about 10 kB per pattern: 1.5 GiB of RSS after 100,000 patterns
+instead of 0.35 (``bench/stream_memory.py``, docs/benchmarks.md)."""
+
+
+def _bound_heap_growth() -> None:
+    """Apply :data:`MMAP_THRESHOLD_BYTES` (``mallopt(M_MMAP_THRESHOLD)``) on glibc; a no-op
+    elsewhere, or when ``MALLOC_MMAP_THRESHOLD_`` is set in the environment (the user's own)."""
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, MMAP_THRESHOLD_BYTES)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (musl, ...): its own allocator rules
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    _bound_heap_growth()
     try:
         return int(args.func(args) or 0)
     except ptypinn.TrainingDiverged as e:  # light: resolving it does not import Lightning
