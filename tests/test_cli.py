@@ -149,3 +149,31 @@ def test_train_config_option_and_deprecated_positional(sim_files, tmp_path, caps
     err = capsys.readouterr().err
     assert "deprecated" in err and "model.widht" in err
     _user_error(capsys, ["train", str(cfg), "--config", str(cfg), *tail], "expected one config")
+
+
+@pytest.mark.slow
+def test_compare_truth_object_guess_gives_metrics(sim_files, tmp_path, capsys):
+    """A reference NPZ from simulation keeps its truth in objectGuess: --truth objectGuess scores
+    against it; without the option it is an initial guess and no truth metrics appear."""
+    import csv
+
+    test = io.read_scan(sim_files / "test.npz")
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, diff3d=test.counts, xcoords=test.positions_px[:, 1],
+             ycoords=test.positions_px[:, 0], probeGuess=test.probe, objectGuess=test.object_true)
+    run = tmp_path / "run"
+    assert main(["train", "--train", str(sim_files / "train.npz"), "-o", str(run), *TINY]) == 0
+
+    def truth_rows(out):
+        with open(out / "metrics.csv") as fh:
+            return [r for r in csv.DictReader(fh) if r["metric"] in ("ssim", "psnr")]
+
+    base = ["compare", str(ref), "--pinn", str(run), "--measurement", "counts"]
+    assert main([*base, "-o", str(tmp_path / "guess")]) == 0
+    assert truth_rows(tmp_path / "guess") == []
+    assert main([*base, "--truth", "objectGuess", "-o", str(tmp_path / "truth")]) == 0
+    rows = truth_rows(tmp_path / "truth")
+    assert {r["quantity"] for r in rows} >= {"amplitude", "phase"}
+    capsys.readouterr()
+    _user_error(capsys, ["compare", str(sim_files / "test.npz"), "--pinn", str(run), "--truth",
+                         "objectGuess", "-o", str(tmp_path / "x")], "only reference")

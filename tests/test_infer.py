@@ -207,3 +207,29 @@ def test_automatic_batch_size_by_device():
     assert batch_size_for(InferConfig(batch_size=7), cpu) == 7
     with pytest.raises(ValueError, match="infer.batch_size"):
         InferConfig(batch_size=0)
+
+
+def _lazy_copy(scan):
+    from ptypinn.data import LazyCounts
+
+    arr = np.asarray(scan.counts)
+    return scan.replace(counts=LazyCounts(arr.shape, lambda rows: arr[rows], "memory"))
+
+
+def test_lazy_counts_reconstruct_like_the_array(bundle, tiny_pair):
+    """Counts read per batch (data bigger than RAM) give the same reconstruction."""
+    _, test = tiny_pair
+    cfg = InferConfig(device="cpu", batch_size=16)
+    a, b = reconstruct(bundle, test, cfg), reconstruct(bundle, _lazy_copy(test), cfg)
+    np.testing.assert_allclose(b.object, a.object, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.nll_per_pattern, a.nll_per_pattern, rtol=1e-5)
+
+
+def test_progress_bars_only_when_asked(bundle, tiny_pair, capsys):
+    _, test = tiny_pair
+    reconstruct(bundle, test, InferConfig(device="cpu", phase_sync=True), progress=False)
+    err = capsys.readouterr().err
+    assert "pattern/s" not in err  # tqdm's rate unit
+    reconstruct(bundle, test, InferConfig(device="cpu", phase_sync=True), progress=True)
+    err = capsys.readouterr().err
+    assert "inference: " in err and "pattern/s" in err

@@ -114,3 +114,85 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             tmp.write_text("partial")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# lazy NPZ counts, ground truth and bad pixels of reference files
+
+
+def test_stored_npz_counts_read_lazily(tmp_path, scan):
+    from ptypinn.data import LazyCounts
+
+    p = tmp_path / "s.npz"
+    io.write_scan(p, scan)
+    lazy, whole = io.read_scan(p, lazy=True), io.read_scan(p, lazy=False)
+    assert isinstance(lazy.counts, LazyCounts) and isinstance(whole.counts, np.ndarray)
+    np.testing.assert_array_equal(lazy.counts[:], scan.counts)
+    np.testing.assert_array_equal(lazy.counts[np.array([3, 0, 3])], scan.counts[[3, 0, 3]])
+    assert io.read_scan(p).counts.__class__ is np.ndarray  # small: read whole by default
+    z = tmp_path / "deflated.npz"
+    io.save_npz(z, {"format": np.array(io.SCAN_FORMAT), "counts": scan.counts,
+                    "positions_px": scan.positions_px, "probe": scan.probe}, compress=True)
+    assert isinstance(io.read_scan(z, lazy=True).counts, np.ndarray)  # cannot be mapped
+
+
+def _ref_file(path, amplitude, obj, **extra):
+    g = np.random.default_rng(2)
+    counts = g.poisson(30, (5, 8, 8)).astype(np.float32)
+    diff = np.sqrt(counts) if amplitude else counts
+    np.savez(path, diff3d=diff.astype(np.float32), xcoords=np.linspace(6, 14, 5),
+             ycoords=np.linspace(7, 12, 5), probeGuess=np.ones((8, 8), np.complex64),
+             objectGuess=obj, **extra)
+    return counts
+
+
+@pytest.mark.parametrize("amplitude", [True, False])
+@pytest.mark.parametrize("labelled", [True, False])
+def test_reference_npz_lazy_equals_whole(tmp_path, amplitude, labelled):
+    obj = np.ones((24, 24), np.complex64)
+    p = tmp_path / "ref.npz"
+    counts = _ref_file(p, amplitude, obj)
+    m = ("amplitude" if amplitude else "counts") if labelled else None
+    lazy = io.read_scan(p, measurement=m, lazy=True)
+    whole = io.read_scan(p, measurement=m, lazy=False)
+    assert lazy.meta["measurement"] == whole.meta["measurement"]
+    assert whole.counts.dtype == np.float32
+    np.testing.assert_array_equal(lazy.counts[:], whole.counts)
+    np.testing.assert_allclose(whole.counts, counts, rtol=1e-6)
+
+
+def test_reference_npz_negative_amplitude_named_when_lazy(tmp_path):
+    p = tmp_path / "neg.npz"
+    diff = np.ones((5, 8, 8), np.float32)
+    diff[3, 1, 1] = -2
+    np.savez(p, diff3d=diff, xcoords=np.linspace(6, 14, 5), ycoords=np.linspace(7, 12, 5),
+             probeGuess=np.ones((8, 8), np.complex64))
+    with pytest.raises(ValueError, match=r"'diff3d': expected amplitude >= 0, got -2 in pattern 3"):
+        io.read_scan(p, measurement="amplitude", lazy=True)
+
+
+def test_reference_npz_truth_and_bad_pixels(tmp_path):
+    g = np.random.default_rng(4)
+    obj = np.exp(1j * g.uniform(-1, 1, (24, 24))).astype(np.complex64)
+    bad = np.zeros((8, 8), np.uint8)
+    bad[2, 3] = 1
+    p = tmp_path / "ref.npz"
+    _ref_file(p, False, obj, bad_pixels=bad)
+    guess = io.read_scan(p, measurement="counts")
+    assert guess.object_true is None
+    np.testing.assert_array_equal(guess.object_guess, obj)
+    np.testing.assert_array_equal(guess.bad_pixels, bad != 0)  # no longer dropped
+    truth = io.read_scan(p, measurement="counts", truth="objectGuess")
+    assert truth.object_guess is None
+    np.testing.assert_array_equal(truth.object_true, obj)
+    assert "objectGuess" in truth.meta["object_true_source"]
+    with pytest.raises(ValueError, match="truth: expected one of"):
+        io.read_scan(p, measurement="counts", truth="Y")
+    io.write_scan(tmp_path / "ours.npz", truth)
+    with pytest.raises(ValueError, match="only reference"):
+        io.read_scan(tmp_path / "ours.npz", truth="objectGuess")
+    np.savez(tmp_path / "noobj.npz", diff3d=np.ones((5, 8, 8), np.float32),
+             xcoords=np.linspace(6, 14, 5), ycoords=np.linspace(7, 12, 5),
+             probeGuess=np.ones((8, 8), np.complex64))
+    with pytest.raises(ValueError, match="no 'objectGuess' array"):
+        io.read_scan(tmp_path / "noobj.npz", measurement="counts", truth="objectGuess")

@@ -402,3 +402,166 @@ def test_cxi_negative_counts_name_the_dataset(tmp_path: Path) -> None:
         f["/entry_1/data_1/data"] = frames
     with pytest.raises(ValueError, match=r"/entry_1/data_1/data: counts: expected values >= 0"):
         read_cxi(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# lazy frames, compression filters, --flip-positions
+
+
+def test_cxi_frames_read_lazily_equal_the_whole_read(tmp_path: Path) -> None:
+    from ptypinn.data import LazyCounts
+
+    path = tmp_path / "lazy.cxi"
+    _write_foreign_cxi(path)
+    lazy, whole = read_cxi(path, lazy=True), read_cxi(path, lazy=False)
+    assert isinstance(lazy.counts, LazyCounts) and isinstance(whole.counts, np.ndarray)
+    np.testing.assert_array_equal(lazy.counts[:], whole.counts)
+    np.testing.assert_array_equal(lazy.counts[np.array([7, 2, 7])], whole.counts[[7, 2, 7]])
+    assert np.all(lazy.counts[:, 4, 4] == 0)  # the sentinel in a bad pixel, zeroed per batch
+    assert lazy.photons_per_pattern == pytest.approx(whole.photons_per_pattern)
+    # and written back chunk by chunk from lazy counts
+    out = tmp_path / "back.cxi"
+    write_cxi(out, lazy.replace(meta={k: v for k, v in lazy.meta.items()
+                                      if k != "object_pixel_size_m"}))
+    np.testing.assert_array_equal(read_cxi(out).counts[:], whole.counts)
+
+
+def _unavailable_filter_file(path: Path, filter_id: int = 32008) -> None:
+    """Frames compressed with a filter this HDF5 cannot apply (chunks written raw)."""
+    with h5py.File(path, "w") as f:
+        f["cxi_version"] = 150
+        d = f.create_dataset("/entry_1/instrument_1/detector_1/data", shape=(2, 8, 8),
+                             dtype="f4", chunks=(1, 8, 8), compression=filter_id,
+                             allow_unknown_filter=True)
+        for i in range(2):
+            d.id.write_direct_chunk((i, 0, 0), np.ones((8, 8), "f4").tobytes())
+        f["/entry_1/sample_1/geometry_1/translation"] = np.zeros((2, 3))
+        f["/entry_1/instrument_1/source_1/illumination"] = np.ones((8, 8), np.complex64)
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_missing_compression_filter_is_named(tmp_path: Path, lazy: bool) -> None:
+    path = tmp_path / "bitshuffle.cxi"
+    _unavailable_filter_file(path)
+    if pio.register_filters() and h5py.h5z.filter_avail(32008):
+        pytest.skip("hdf5plugin is installed: the filter is available")
+    with pytest.raises(ValueError, match=r"bitshuffle \(HDF5 filter id 32008\).*hdf5plugin"):
+        read_cxi(path, object_pixel_size_m=1e-8, lazy=lazy)
+
+
+def test_hdf5plugin_is_registered_when_installed(monkeypatch) -> None:
+    import builtins
+    import sys
+
+    real = builtins.__import__
+
+    def no_plugin(name, *a, **k):
+        if name == "hdf5plugin":
+            raise ImportError("no hdf5plugin")
+        return real(name, *a, **k)
+
+    monkeypatch.delitem(sys.modules, "hdf5plugin", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_plugin)
+    assert pio.register_filters() is False
+    monkeypatch.setattr(builtins, "__import__", real)
+    fake = type(sys)("hdf5plugin")
+    monkeypatch.setitem(sys.modules, "hdf5plugin", fake)
+    assert pio.register_filters() is True
+
+
+def test_flip_positions_negates_the_translations(tmp_path: Path) -> None:
+    path = tmp_path / "flip.cxi"
+    ref = _write_foreign_cxi(path)
+    plain, flipped = read_cxi(path), pio.read_scan(path, flip_positions=True)
+    s0 = np.asarray(plain.meta["positions_shift_px"])
+    s1 = np.asarray(flipped.meta["positions_shift_px"])
+    np.testing.assert_allclose(flipped.positions_px - s1, -(plain.positions_px - s0), atol=1e-9)
+    t, ps = ref["t"], ref["ps"]  # + t: the translations are taken as beam positions
+    np.testing.assert_allclose(flipped.positions_px - s1,
+                               np.stack([t[:, 1] / ps, t[:, 0] / ps], 1), atol=1e-9)
+    np.testing.assert_array_equal(flipped.counts[:], plain.counts[:])
+    # other formats: negated and re-framed the same way
+    npz = tmp_path / "s.npz"
+    pio.write_scan(npz, plain)
+    back = pio.read_scan(npz, flip_positions=True)
+    d = back.positions_px + plain.positions_px
+    np.testing.assert_allclose(d, d[:1].repeat(len(d), 0), atol=1e-9)  # -p + constant
+    assert back.object_true is None and back.meta["positions_flipped"] is True
+
+
+# ------------------------------------------------------------------------------------------------
+# ptychodus standard layout: diffraction.h5 + product-in.h5
+
+
+def _ptychodus_dir(d: Path, scan: ScanData, plain_h5py: bool = False) -> Product:
+    """A ptychodus standard-layout directory for ``scan`` (ours, or written with raw h5py as
+    ptychodus's ``save_diffraction_data`` lays it out), patterns stored in reverse index order."""
+    d.mkdir()
+    prod = Product(positions_px=scan.positions_px, probe=scan.probe, object=scan.object_true,
+                   object_pixel_size_m=2e-8, photon_energy_eV=8000.0, detector_distance_m=2.0)
+    write_product(d / "product-in.h5", prod)
+    if plain_h5py:
+        order = np.arange(scan.n_patterns)[::-1]
+        with h5py.File(d / "diffraction.h5", "w") as f:
+            f.create_dataset("indexes", data=order, compression="lzf")
+            p = f.create_dataset("patterns", data=np.asarray(scan.counts)[order].astype(np.uint16),
+                                 compression="lzf")
+            p.attrs["detector_pixel_width_m"] = 75e-6
+            p.attrs["detector_pixel_height_m"] = 75e-6
+            f.create_dataset("bad_pixels", data=scan.bad_pixels, compression="lzf")
+    else:
+        pio.write_ptychodus_diffraction(d / "diffraction.h5", scan)
+    return prod
+
+
+@pytest.mark.parametrize("plain_h5py", [True, False])
+@pytest.mark.parametrize("lazy", [True, False])
+def test_ptychodus_standard_layout(tmp_path: Path, plain_h5py: bool, lazy: bool) -> None:
+    scan = _scan()
+    _ptychodus_dir(tmp_path / "run", scan, plain_h5py)
+    # file order kept; each pattern gets the position of its index
+    order = np.arange(scan.n_patterns)[::-1] if plain_h5py else np.arange(scan.n_patterns)
+    for where in (tmp_path / "run", tmp_path / "run" / "diffraction.h5"):
+        back = pio.read_scan(where, lazy=lazy)
+        np.testing.assert_array_equal(back.counts[:], scan.counts[order])
+        np.testing.assert_allclose(back.positions_px, scan.positions_px[order], atol=1e-9)
+        np.testing.assert_array_equal(back.bad_pixels, scan.bad_pixels)
+        np.testing.assert_array_equal(back.object_guess, scan.object_true)
+        assert back.object_true is None and back.meta["photon_energy_eV"] == 8000.0
+        assert back.meta["detector_pixel_size_m"] == (75e-6 if plain_h5py else
+                                                     scan.meta["detector_pixel_size_m"])
+
+
+def test_ptychodus_diffraction_layout_with_plain_h5py(tmp_path: Path) -> None:
+    scan = _scan()
+    pio.write_ptychodus_diffraction(tmp_path / "diffraction.h5", scan)
+    with h5py.File(tmp_path / "diffraction.h5", "r") as f:
+        assert f["patterns"].shape == scan.counts.shape
+        np.testing.assert_array_equal(f["patterns"][()], scan.counts)
+        np.testing.assert_array_equal(f["indexes"][()], np.arange(scan.n_patterns))
+        np.testing.assert_array_equal(f["bad_pixels"][()], scan.bad_pixels)
+        assert f["patterns"].attrs["detector_pixel_width_m"] == 75e-6
+
+
+def test_ptychodus_layout_errors(tmp_path: Path) -> None:
+    scan = _scan()
+    d = tmp_path / "run"
+    _ptychodus_dir(d, scan)
+    (d / "product-in.h5").rename(tmp_path / "elsewhere.h5")
+    with pytest.raises(ValueError, match="product.h5 or product-in.h5 or product-out.h5"):
+        pio.read_scan(d)
+    (tmp_path / "elsewhere.h5").rename(d / "product-in.h5")
+    with h5py.File(d / "diffraction.h5", "r+") as f:
+        f["indexes"][0] = 99
+    with pytest.raises(ValueError, match="no position for pattern index 99"):
+        pio.read_scan(d)
+
+
+def test_info_describes_the_ptychodus_layout(tmp_path: Path, capsys) -> None:
+    from ptypinn.cli import main
+
+    _ptychodus_dir(tmp_path / "run", _scan())
+    for where in (tmp_path / "run", tmp_path / "run" / "diffraction.h5"):
+        assert main(["info", str(where)]) == 0
+        out = capsys.readouterr().out
+        assert "ptychodus" in out and "patterns: 5" in out

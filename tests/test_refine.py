@@ -408,3 +408,22 @@ def test_ptychi_engine_warm_start_lowers_the_nll(tiny_pair):
     # the same function with the own engine is ptypinn.refine
     own = refine_scan(test, dataclasses.replace(cfg, engine="ptypinn", epochs=0), start)
     assert own.stop_reason == "off"
+
+
+def test_refine_reads_lazy_counts_per_batch(tiny_pair):
+    """Counts that stay in their file (read per minibatch) refine exactly like the array."""
+    from ptypinn.data import LazyCounts
+
+    _, scan = tiny_pair
+    arr = np.asarray(scan.counts)
+    calls = []
+
+    def read(rows):
+        calls.append(len(rows))
+        return arr[rows]
+
+    lazy = scan.replace(counts=LazyCounts(arr.shape, read, "memory"))
+    cfg = RefineConfig(epochs=2, batch_size=16, check_every_epochs=1, device="cpu", seed=3)
+    a, b = refine(scan, cfg), refine(lazy, cfg)
+    np.testing.assert_allclose(b.object, a.object, rtol=1e-5, atol=1e-6)
+    assert 16 in calls  # read minibatch by minibatch

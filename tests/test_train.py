@@ -87,3 +87,36 @@ def test_baseline_trains_on_truth(tiny_pair, tmp_path):
     assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["kind"] == "baseline"
     assert np.isfinite(torch.load(tmp_path / "checkpoints" / "last.ckpt",
                                   weights_only=False)["epoch"])
+
+
+def test_resume_keeps_the_best_validation_weights(tiny_pair, tmp_path):
+    """The best validation weights live in checkpoints/best.ckpt: a resumed run whose new epochs
+    are worse (it starts from spoiled weights) returns the earlier run's best weights."""
+    import csv
+
+    train, _ = tiny_pair
+    first = train_model(_cfg(epochs=1), train, tmp_path)
+    best_path = tmp_path / "checkpoints" / "best.ckpt"
+    assert best_path.is_file()
+    best_before = {k: v.clone() for k, v in first.bundle.model.state_dict().items()}
+    # spoil the weights the resumed run starts from (not the best checkpoint)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    for k, v in ckpt["state_dict"].items():
+        if v.is_floating_point() and "generator" in k:
+            ckpt["state_dict"][k] = v + 0.5 * torch.randn(v.shape, generator=gen)
+    torch.save(ckpt, last)
+    res = train_model(_cfg(epochs=2), train, tmp_path, resume=True)
+    with open(tmp_path / "logs" / "metrics.csv") as fh:
+        val = [(int(r["epoch"]), float(r["val_loss"])) for r in csv.DictReader(fh)
+               if r.get("val_loss")]
+    assert sorted({e for e, _ in val}) == [0, 1]  # the history of both runs
+    best_epoch = min(val, key=lambda ev: ev[1])[0]
+    got = res.bundle.model.state_dict()
+    if best_epoch == 0:  # the spoiled epoch is worse: the first run's best weights come back
+        assert all(torch.equal(got[k], best_before[k]) for k in best_before)
+    else:  # (not expected) the resumed epoch is the best: its weights, not the earlier ones
+        assert not all(torch.equal(got[k], best_before[k]) for k in best_before)
+    saved = io.read_checkpoint(best_path)["state_dict"]
+    assert all(torch.equal(got[k], saved["model." + k]) for k in got)

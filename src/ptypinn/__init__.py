@@ -23,6 +23,7 @@ _API = {
     "load_config": "ptypinn.io",
     "to_dict": "ptypinn.config",
     "ScanData": "ptypinn.data",
+    "LazyCounts": "ptypinn.data",
     "calibrate_probe": "ptypinn.data",
     "to_photon_units": "ptypinn.data",
     # simulation, metrics

@@ -74,12 +74,16 @@ def _write_config(out_dir: Path, cfg: Any, name: str = "config.resolved.yaml") -
 
 
 def _read_scan(path: str, measurement: str | None = None,
-               photons_per_pattern: float | None = None, bundle: Any = None):
+               photons_per_pattern: float | None = None, bundle: Any = None,
+               args: argparse.Namespace | None = None):
     """Read a scan and bring it to photon units by the one rule of every command
     (``data.to_photon_units``; with a bundle, ``pinn.infer.prepare_scan``, which also warns when
     the bundle's training beam or flux does not match the scan).  A file without probe gets the
-    bundle's probe when there is a bundle, else the estimate from the data (``io`` readers)."""
-    scan = ptypinn.read_scan(path, measurement=measurement)
+    bundle's probe when there is a bundle, else the estimate from the data (``io`` readers).
+    ``args``: the command's ``--flip-positions`` and ``--truth``."""
+    scan = ptypinn.read_scan(path, measurement=measurement,
+                             flip_positions=bool(getattr(args, "flip_positions", False)),
+                             truth=getattr(args, "truth", None))
     if bundle is not None:
         probe = bundle.model.probe.detach().cpu().numpy()
         if "probe_estimated" in scan.meta and probe.shape[-1] == scan.pattern_size:
@@ -320,7 +324,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = _guard_output(args.output, [args.train, *_config_inputs(args, cfg)],
                         existing_ok=args.resume or args.overwrite or _secondary_rank(),
                         hint=_EXISTING_RUN)
-    scan = _read_scan(args.train, args.measurement, args.photons_per_pattern)
+    scan = _read_scan(args.train, args.measurement, args.photons_per_pattern, args=args)
     ptypinn.check_training(cfg, scan, out, resume=args.resume)
     _log_to_file(out)
     from ptypinn import io
@@ -367,7 +371,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
                         existing_ok=args.overwrite)
     _check_devices(cfg, ("infer", "refine"))
     bundle = ptypinn.load_bundle(args.run)
-    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern, bundle)
+    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern, bundle, args)
     formats = _formats(args, scan)
     recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress(),
                                 allocate=io.scratch_array)
@@ -388,7 +392,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     out = _guard_output(args.output, [args.scan, *_config_inputs(args, cfg)],
                         existing_ok=args.overwrite or _secondary_rank())
     _check_devices(cfg, ("infer", "refine"))
-    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern)
+    scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern, args=args)
     # a probe estimated from the data is always learned, unless --no-learn-probe says otherwise
     learn = args.learn_probe
     if learn is None:
@@ -428,7 +432,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                       *_config_inputs(args, cfg)], existing_ok=args.overwrite)
     _check_devices(cfg, ("infer", "refine") + (("iterative",) if ptychi else ()))
     scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern,
-                      ptypinn.load_bundle(args.pinn) if args.pinn else None)
+                      ptypinn.load_bundle(args.pinn) if args.pinn else None, args)
     formats = _formats(args, scan)
     arms = run_arms(scan, pinn=args.pinn, baseline=args.baseline, ptychi=ptychi,
                     infer_cfg=cfg.infer, refine=cfg.refine if cfg.refine.epochs > 0 else None,
@@ -450,7 +454,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     _log_to_file(out)
     _provenance(out, None)
     # train.progress_bar is left as configured: it is part of each cell's resume key
-    summary = write_report(out) if args.report_only else run_study(args.config, out, args.set)
+    summary = (write_report(out) if args.report_only
+               else run_study(args.config, out, args.set, progress=_progress()))
     print(summary["table"])
     print(f"finding: {summary['finding']}")
     print(f"report: {out / 'report.html'} ({summary['n_cells']} cells)")
@@ -517,40 +522,54 @@ def build_parser() -> argparse.ArgumentParser:
     measurement = dict(choices=["amplitude", "counts"], default=None,
                        help="what a reference-format NPZ 'diffraction' array holds")
 
+    def _add_input(q: argparse.ArgumentParser, truth: bool = False) -> None:
+        q.add_argument("--measurement", **measurement)
+        q.add_argument("--flip-positions", action="store_true",
+                       help="negate the scan positions read from the file (CXI translations "
+                       "that are beam rather than sample positions; see docs/formats.md)")
+        if truth:
+            q.add_argument("--truth", choices=["objectGuess"], default=None,
+                           help="reference (PtychoPINN) NPZ from simulation: its objectGuess "
+                           "is the ground truth, score against it (default: an initial guess)")
+
     t = sub.add_parser("train", help="train a model (PINN or baseline) on a scan")
     _add_common(t)
     t.add_argument("config_positional", nargs="?", metavar="CONFIG",
                    help="deprecated: use --config")
-    t.add_argument("--train", required=True, help="training scan file")
+    t.add_argument("--train", required=True, help="training scan file (any supported format, or a "
+                   "ptychodus directory: diffraction.h5 + product.h5)")
     t.add_argument("-o", "--output", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt "
                    "(metrics.csv keeps its rows)")
     t.add_argument("--overwrite", action="store_true",
                    help="train afresh into an existing run directory, replacing its bundle")
-    t.add_argument("--measurement", **measurement)
+    _add_input(t)
     _add_scale(t)
     t.set_defaults(func=cmd_train)
 
     i = sub.add_parser("infer", help="reconstruct a scan with a trained bundle")
     i.add_argument("run", help="run directory or bundle directory")
     _add_common(i, config_positional=False)
-    i.add_argument("--scan", required=True, help="scan file to reconstruct")
+    i.add_argument("--scan", required=True,
+                   help="scan file to reconstruct (NPZ, reference NPZ, CXI, or a ptychodus "
+                   "directory: diffraction.h5 + product.h5)")
     i.add_argument("-o", "--output", required=True, help="output directory")
     i.add_argument("--overwrite", action="store_true",
                    help="write into an existing output directory, replacing its files")
-    i.add_argument("--measurement", **measurement)
+    _add_input(i, truth=True)
     _add_scale(i)
     _add_refine(i)
     _add_format(i)
     i.set_defaults(func=cmd_infer)
 
     r = sub.add_parser("reconstruct", help="self-supervised: train on a scan, then reconstruct it")
-    r.add_argument("scan", help="scan file")
+    r.add_argument("scan", help="scan file (or a ptychodus directory: diffraction.h5 + "
+                   "product.h5)")
     _add_common(r, config_positional=False)
     r.add_argument("-o", "--output", required=True, help="output directory")
     r.add_argument("--overwrite", action="store_true",
                    help="write into an existing output directory, replacing its files")
-    r.add_argument("--measurement", **measurement)
+    _add_input(r, truth=True)
     _add_scale(r)
     r.add_argument("--learn-probe", action=argparse.BooleanOptionalAction, default=None,
                    help="learn the probe jointly with the network (model.learn_probe; default: "
@@ -564,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_reconstruct)
 
     c = sub.add_parser("compare", help="run PINN / baseline / pty-chi on one scan and compare them")
-    c.add_argument("scan", help="test scan file")
+    c.add_argument("scan", help="test scan file (or a ptychodus directory: diffraction.h5 "
+                   "+ product.h5)")
     _add_common(c, config_positional=False)
     c.add_argument("--pinn", help="PINN run or bundle directory")
     c.add_argument("--baseline", help="supervised-baseline run or bundle directory")
@@ -580,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output directory")
     c.add_argument("--overwrite", action="store_true",
                    help="write into an existing output directory, replacing its files")
-    c.add_argument("--measurement", **measurement)
+    _add_input(c, truth=True)
     _add_scale(c)
     _add_refine(c)
     _add_format(c, "every arm's reconstruction (under OUTPUT/arms/; npz is always written)")
@@ -609,10 +629,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+MMAP_THRESHOLD_BYTES = 1 << 20
+"""Process setting of the command line (glibc only): buffers of at least 1 MiB get their own
+memory mappings, returned to the system when freed.  Without it glibc's adaptive threshold puts
+the per-batch buffers of a streamed scan (counts read from the file, FFT temporaries) on the
+heap, whose fragmentation kept about 10 kB per pattern: 1.5 GiB of RSS after 100,000 patterns
+instead of 0.35 (``bench/stream_memory.py``, docs/benchmarks.md)."""
+
+
+def _bound_heap_growth() -> None:
+    """Apply :data:`MMAP_THRESHOLD_BYTES` (``mallopt(M_MMAP_THRESHOLD)``) on glibc; a no-op
+    elsewhere, or when ``MALLOC_MMAP_THRESHOLD_`` is set in the environment (the user's own)."""
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, MMAP_THRESHOLD_BYTES)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (musl, ...): its own allocator rules
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    _bound_heap_growth()
     try:
         return int(args.func(args) or 0)
     except ptypinn.TrainingDiverged as e:  # light: resolving it does not import Lightning

@@ -35,9 +35,10 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+import torch
 
 from ptypinn.physics import canvas_shape_px, window_starts
 
@@ -46,7 +47,8 @@ __all__ = ["ScanData", "window_starts", "window_outside", "FRAME_MARGIN_PX", "fr
            "PROBE_ESTIMATE_SAMPLE", "SCALE_RULES", "BRIGHT_QUANTILE", "probe_power", "pattern_totals",
            "bright_transmission", "to_photon_units", "check_counts", "check_scan_fields",
            "object_shape_px", "CHUNK_PATTERNS", "iter_chunks", "CountStatistics",
-           "count_statistics", "ScanSummary"]
+           "count_statistics", "ScanSummary", "LazyCounts", "Counts", "counts_rows",
+           "count_sums", "torch_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,12 @@ class ScanData:
 
     Attributes
     ----------
-    counts : float32 ``(n, H, W)``
-        Photon counts, zero frequency at the array centre, ``>= 0`` and finite.
+    counts : float32 ``(n, H, W)`` array, or :class:`LazyCounts`
+        Photon counts, zero frequency at the array centre, ``>= 0`` and finite.  Large files
+        are read lazily (:class:`LazyCounts`: rows on demand, float32); code that needs rows
+        reads them with ``counts[rows]`` (both kinds return float32 numpy) or
+        :func:`torch_counts`, and code that needs them all uses :func:`count_sums` /
+        :func:`iter_chunks`.
     positions_px : float64 ``(n, 2)``
         Probe-window centres ``(y, x)`` in pixels of the object frame (see ``physics``).
     probe : complex64 ``(H, W)`` or ``(modes, H, W)``
@@ -79,7 +85,7 @@ class ScanData:
         ``probe_calibrated``, ``seed``/``seeds``, ``provenance``, ...
     """
 
-    counts: np.ndarray
+    counts: "Counts"
     positions_px: np.ndarray
     probe: np.ndarray
     object_true: np.ndarray | None = None
@@ -88,7 +94,8 @@ class ScanData:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        counts = check_counts(self.counts)
+        counts = (self.counts.validated() if isinstance(self.counts, LazyCounts)
+                  else check_counts(self.counts))
         object.__setattr__(self, "counts", counts)
         fields = check_scan_fields(counts.shape, self.positions_px, self.probe, self.object_true,
                                    self.object_guess, self.bad_pixels, self.meta)
@@ -120,13 +127,14 @@ class ScanData:
     @property
     def photons_per_pattern(self) -> float:
         """Measured mean total counts per pattern (float64 reduction)."""
-        return float(self.counts.sum(axis=(1, 2), dtype=np.float64).mean())
+        return float(count_sums(self.counts).mean())
 
     def subset(self, index: np.ndarray | slice) -> "ScanData":
-        """A scan with only the selected patterns (same object frame, probe and meta)."""
-        return dataclasses.replace(
-            self, counts=self.counts[index], positions_px=self.positions_px[index]
-        )
+        """A scan with only the selected patterns (same object frame, probe and meta); lazy
+        counts stay lazy (a view of the selected rows)."""
+        counts = (self.counts.view(index) if isinstance(self.counts, LazyCounts)
+                  else self.counts[index])
+        return dataclasses.replace(self, counts=counts, positions_px=self.positions_px[index])
 
     def replace(self, **changes: Any) -> "ScanData":
         """A validated copy with some fields changed."""
@@ -282,8 +290,9 @@ def estimate_probe(counts: np.ndarray, bad_pixels: np.ndarray | None = None,
     fit : dict
         ``pupil_radius_px`` (U), ``radius_px``, ``defocus_rad``, ``photons_per_pattern``.
     """
-    counts = np.asarray(counts)
-    if counts.ndim != 3 or counts.shape[0] == 0 or counts.shape[1] != counts.shape[2]:
+    if not isinstance(counts, LazyCounts):  # a lazy scan is read only at the sampled rows
+        counts = np.asarray(counts)
+    if len(counts.shape) != 3 or counts.shape[0] == 0 or counts.shape[1] != counts.shape[2]:
         _fail("counts", "patterns (n, N, N) with n >= 1", counts.shape)
     from scipy import ndimage
 
@@ -321,7 +330,7 @@ def pattern_totals(scan: ScanData) -> np.ndarray:
     of the beam away from a masked region (a masked bright centre: the totals come out high).
     """
     if scan.bad_pixels is None or not scan.bad_pixels.any():
-        return scan.counts.sum(axis=(1, 2), dtype=np.float64)
+        return count_sums(scan.counts)
     good = ~scan.bad_pixels
     far = np.abs(np.fft.fftshift(np.fft.fft2(scan.probe_modes), axes=(-2, -1))) ** 2
     far = far.sum(axis=0, dtype=np.float64)
@@ -329,7 +338,7 @@ def pattern_totals(scan: ScanData) -> np.ndarray:
     if fraction < 1e-3:
         _fail("bad_pixels", "a mask that leaves some of the beam on the detector",
               f"{fraction:.2g} of the probe's far field on good pixels")
-    return (scan.counts * good).sum(axis=(1, 2), dtype=np.float64) / fraction
+    return count_sums(scan.counts, good) / fraction
 
 
 def bright_transmission(scan: ScanData, quantile: float = BRIGHT_QUANTILE) -> float:
@@ -410,7 +419,8 @@ def to_photon_units(scan: ScanData, rule: str = "auto", *,
         if not total > 0:
             _fail("counts", "some photons to rescale to photons_per_pattern", "all zeros")
         counts_scale = photons_per_pattern / total
-        counts = (counts * counts_scale).astype(np.float32)
+        counts = (counts.scaled(counts_scale) if isinstance(counts, LazyCounts)
+                  else (counts * counts_scale).astype(np.float32))
         probe = (probe * math.sqrt(counts_scale)).astype(np.complex64)  # the pair stays consistent
     rescaled = scan.replace(counts=counts, probe=probe)
     power = probe_power(probe)
@@ -532,10 +542,226 @@ CHUNK_PATTERNS = 256
 INTEGER_CHECK_PATTERNS = 64
 
 
-def iter_chunks(counts: np.ndarray, patterns: int = CHUNK_PATTERNS) -> Iterator[np.ndarray]:
-    """The patterns of an in-memory ``(n, H, W)`` array, ``patterns`` at a time (views)."""
+def iter_chunks(counts: "Counts", patterns: int = CHUNK_PATTERNS) -> Iterator[np.ndarray]:
+    """The patterns of ``(n, H, W)`` counts, ``patterns`` at a time (views of an in-memory
+    array; float32 copies read from the file for :class:`LazyCounts`)."""
     for start in range(0, counts.shape[0], patterns):
         yield counts[start:start + patterns]
+
+
+def count_sums(counts: "Counts", weight: np.ndarray | None = None,
+               patterns: int = CHUNK_PATTERNS) -> np.ndarray:
+    """Total counts of each pattern, ``(n,)`` float64, read ``patterns`` at a time.
+
+    ``weight`` ``(H, W)``: sum ``counts * weight`` instead (e.g. a good-pixel mask).  Lazy
+    counts keep the plain totals of their validation pass, so that sum is free.
+    """
+    if weight is None and isinstance(counts, LazyCounts):
+        return counts.totals()
+    out = np.empty(counts.shape[0], dtype=np.float64)
+    start = 0
+    for chunk in iter_chunks(counts, patterns):
+        c = chunk if weight is None else chunk * weight
+        out[start:start + len(chunk)] = c.sum(axis=(1, 2), dtype=np.float64)
+        start += len(chunk)
+    return out
+
+
+RowReader = Callable[[np.ndarray], np.ndarray]
+"""``read(rows)``: the source rows ``rows`` (sorted, unique int64 indices) as a numeric
+``(len(rows), H, W)`` array, already converted to counts (e.g. amplitudes squared)."""
+
+
+class LazyCounts:
+    """Read-only photon counts ``(n, H, W)`` that stay in their file until rows are asked for.
+
+    Indexing (an integer, a slice, an integer array or a boolean mask) returns float32 numpy
+    arrays, as indexing an in-memory counts array does: ``counts[rows]``.  The rows are read
+    through ``read`` (a function of sorted, unique source rows supplied by :mod:`ptypinn.io`,
+    e.g. HDF5 slices), in the order asked for.  :class:`ScanData` validates lazy counts in one
+    chunked pass (:meth:`validated`), which also keeps each pattern's total counts.
+
+    Parameters
+    ----------
+    shape : ``(n, H, W)`` of the source
+    read : :data:`RowReader`
+    source : str; where the rows come from (for error messages), e.g. ``"file.cxi: /entry_1/..."``
+    scale : float; every value read is multiplied by it (:func:`to_photon_units`)
+    rows : int64 ``(m,)``, optional; this view's rows of the source (:meth:`view`)
+    """
+
+    def __init__(self, shape: tuple[int, int, int], read: RowReader, source: str = "",
+                 scale: float = 1.0, rows: np.ndarray | None = None) -> None:
+        if len(shape) != 3:
+            _fail("counts", "shape (n, H, W)", tuple(shape))
+        self._source_shape = tuple(int(v) for v in shape)
+        self._read = read
+        self.source = source
+        self.scale = float(scale)
+        self._rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self._totals: np.ndarray | None = None
+
+    # array-like surface ----------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        n = self._source_shape[0] if self._rows is None else int(self._rows.size)
+        return (n, *self._source_shape[1:])  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LazyCounts(shape={self.shape}, source={self.source!r}, scale={self.scale:g})"
+
+    def _local_rows(self, key: Any) -> tuple[np.ndarray, bool]:
+        """This view's rows selected by ``key`` (int64) and whether the key was a scalar."""
+        n = len(self)
+        if isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
+        if isinstance(key, slice):
+            return np.arange(*key.indices(n), dtype=np.int64), False
+        arr = np.asarray(key)
+        if arr.dtype == bool:
+            if arr.shape != (n,):
+                _fail("counts index", f"a boolean mask of shape ({n},)", arr.shape)
+            return np.flatnonzero(arr), False
+        if not np.issubdtype(arr.dtype, np.integer):
+            _fail("counts index", "an integer, slice, integer array or boolean mask", arr.dtype)
+        idx = arr.astype(np.int64).reshape(-1)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"counts index: expected rows in [-{n}, {n}), got "
+                             f"{int(idx.min())}..{int(idx.max())}")
+        return np.where(idx < 0, idx + n, idx), arr.ndim == 0
+
+    def _source_rows(self, key: Any) -> tuple[np.ndarray, bool]:
+        idx, scalar = self._local_rows(key)
+        return (idx if self._rows is None else self._rows[idx]), scalar
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """float32 ``(k, H, W)`` (or ``(H, W)`` for an integer key) in the order asked for; a
+        tuple key selects rows by its first entry and indexes the rows read with the rest."""
+        if isinstance(key, tuple):
+            block = self[key[0]] if key else self[:]
+            rest = key[1:]
+            return block[rest] if block.ndim == 2 else block[(slice(None), *rest)]
+        idx, scalar = self._source_rows(key)
+        h, w = self._source_shape[1:]
+        if idx.size == 0:
+            return np.zeros((0, h, w), np.float32)
+        unique, inverse = np.unique(idx, return_inverse=True)
+        block = np.asarray(self._read(unique))
+        if block.shape != (unique.size, h, w):
+            raise ValueError(f"{self.source}: expected rows of shape ({unique.size}, {h}, {w}), "
+                             f"read {block.shape}")
+        block = block.astype(np.float32, copy=False)
+        if self.scale != 1.0:
+            block = block * np.float32(self.scale)
+        out = block if unique.size == idx.size and np.array_equal(unique, idx) else block[inverse]
+        return out[0] if scalar else out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """All rows in memory (what code that is not streamed gets; avoid on big scans)."""
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    # views ------------------------------------------------------------------------------------
+    def _derived(self, scale: float, rows: np.ndarray | None) -> "LazyCounts":
+        return LazyCounts(self._source_shape, self._read, self.source, scale, rows)
+
+    def scaled(self, factor: float) -> "LazyCounts":
+        """The same rows multiplied by ``factor`` (finite, > 0); validation carries over."""
+        if not (math.isfinite(factor) and factor > 0):
+            _fail("counts scale", "a finite number > 0", factor)
+        out = self._derived(self.scale * factor, self._rows)
+        if self._totals is not None:
+            out._totals = self._totals * factor
+        return out
+
+    def view(self, index: Any) -> "LazyCounts":
+        """The selected rows as lazy counts (nothing is read); validation carries over."""
+        local, _ = self._local_rows(index)
+        out = self._derived(self.scale, local if self._rows is None else self._rows[local])
+        if self._totals is not None:
+            out._totals = self._totals[local]
+        return out
+
+    # validation and totals ------------------------------------------------------------------
+    def validated(self, patterns: int = CHUNK_PATTERNS) -> "LazyCounts":
+        """``self`` after one chunked pass that checks what :func:`check_counts` checks
+        (finite, ``>= 0``, square, at least one pattern) and keeps each pattern's total;
+        ``ValueError`` names the first bad pattern.  Repeated calls are free."""
+        if self._totals is not None:
+            return self
+        n, h, w = self.shape
+        if n == 0:
+            _fail("counts", "at least one pattern", "0")
+        if h != w:
+            _fail("counts", "square patterns (H == W)", f"{h}x{w}")
+        totals = np.empty(n, dtype=np.float64)
+        for start in range(0, n, patterns):
+            chunk = self[start:start + patterns]
+            finite = np.isfinite(chunk).all(axis=(1, 2))
+            if not finite.all():
+                i = start + int(np.argmin(finite))
+                _fail("counts", "finite values", f"NaN/Inf in pattern {i} ({self.source})")
+            low = chunk.min(axis=(1, 2))
+            if (low < 0).any():
+                i = start + int(np.argmax(low < 0))
+                _fail("counts", "values >= 0",
+                      f"minimum {float(low.min())} in pattern {i} ({self.source})")
+            totals[start:start + len(chunk)] = chunk.sum(axis=(1, 2), dtype=np.float64)
+        self._totals = totals
+        return self
+
+    def totals(self) -> np.ndarray:
+        """Total counts of each pattern, float64 ``(n,)`` (from :meth:`validated`)."""
+        return self.validated()._totals.copy()  # type: ignore[union-attr]
+
+
+Counts = np.ndarray | LazyCounts
+"""Counts as :class:`ScanData` holds them: an in-memory float32 array or :class:`LazyCounts`."""
+
+
+def counts_rows(counts: Counts, rows: Any) -> np.ndarray:
+    """Rows of in-memory or lazy counts as a float32 array of shape ``rows.shape + (H, W)``
+    (``rows``: integer indices of any shape, numpy or torch)."""
+    idx = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+    flat = idx.reshape(-1)
+    block = counts[flat] if isinstance(counts, LazyCounts) else np.asarray(counts)[flat]
+    return np.asarray(block, dtype=np.float32).reshape(*idx.shape, *counts.shape[1:])
+
+
+class _TorchRows:
+    """Lazy counts indexed like a CPU tensor (see :func:`torch_counts`)."""
+
+    def __init__(self, counts: LazyCounts) -> None:
+        self.counts = counts
+        self.shape = torch.Size(counts.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, slice):
+            return torch.from_numpy(self.counts[key])
+        return torch.from_numpy(counts_rows(self.counts, key))
+
+
+def torch_counts(counts: Counts) -> Any:
+    """Counts to index like a CPU tensor, one batch at a time: ``torch.from_numpy`` of an
+    in-memory array (no copy), or an adapter that reads the rows of lazy counts on demand
+    (``t[slice]``, ``t[index tensor of any shape]`` -> float32 CPU tensor)."""
+    if isinstance(counts, LazyCounts):
+        return _TorchRows(counts)
+    return torch.from_numpy(np.asarray(counts))
 
 
 @dataclass(frozen=True)

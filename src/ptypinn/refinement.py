@@ -99,7 +99,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ptypinn.config import RefineConfig, require
-from ptypinn.data import ScanData
+from ptypinn.data import ScanData, torch_counts
 from ptypinn.metrics import convergence_stop
 from ptypinn.physics import (excess_nll_per_pixel, extract_patches, place_patches,
                              poisson_nll, probe_modes, scan_intensity)
@@ -445,7 +445,7 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
     require(bool(np.isfinite(probe0).all()), "probe_init", "finite values", "NaN/Inf")
     device = _device(cfg.device)
     state = _State(scan, cfg, obj0, probe0, device)
-    counts = torch.from_numpy(scan.counts)  # stays on the CPU; batches are moved
+    counts = torch_counts(scan.counts)  # stays on the CPU (or in its file); batches are moved
     n = scan.n_patterns
     check_batch = max(cfg.batch_size, 256)
 

@@ -61,6 +61,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ptypinn.physics import data_nll
 from ptypinn.config import IterativeConfig, require
@@ -364,7 +365,8 @@ def _use_gpu(device: str) -> bool:
     return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
-def reconstruct_ptychi(scan: ScanData, cfg: IterativeConfig) -> IterativeResult:
+def reconstruct_ptychi(scan: ScanData, cfg: IterativeConfig,
+                       progress: bool = False) -> IterativeResult:
     """Reconstruct ``scan`` with pty-chi, using the scan's probe and positions.
 
     With ``cfg.until_converged`` the pty-chi task is built once and run in chunks of
@@ -383,6 +385,9 @@ def reconstruct_ptychi(scan: ScanData, cfg: IterativeConfig) -> IterativeResult:
         pixels, probe ``(H, W)`` or ``(modes, H, W)`` in photon units.  The initial object is
         ``scan.object_guess`` when present, else ones over ``scan.object_shape_px``.
     cfg : IterativeConfig
+    progress : bool
+        A progress bar of the epochs (with the last checked NLL) on stderr; it advances after
+        each chunk of ``check_every_epochs`` (once, at the end, for a fixed-epoch run).
 
     Returns
     -------
@@ -436,14 +441,16 @@ def reconstruct_ptychi(scan: ScanData, cfg: IterativeConfig) -> IterativeResult:
     reason = "cap" if cfg.until_converged else "fixed_epochs"
     check_s = 0.0
     done = 0
-    with _isolated_torch_state(), warnings.catch_warnings():
+    bar = tqdm(total=cfg.iterations, desc=f"pty-chi {cfg.algorithm}", unit="epoch",
+               disable=not progress, leave=False)
+    with _isolated_torch_state(), warnings.catch_warnings(), bar:
         # pty-chi-internal noise that a user cannot act on
         warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
         start = time.perf_counter()
         options = _options(api, cfg, obj0.shape, use_gpu)
         task = ptychi_task.PtychographyTask(
             options,
-            diffraction_data=scan.counts,
+            diffraction_data=np.asarray(scan.counts),
             object_data=obj0[None],
             probe_data=probe,
             probe_position_x_px=q[:, 1],
@@ -474,6 +481,8 @@ def reconstruct_ptychi(scan: ScanData, cfg: IterativeConfig) -> IterativeResult:
                     nll = float(np.mean(data_nll(obj, own, device=nll_device)))
             check_s += time.perf_counter() - t
             history.append((done, solver_s, nll))
+            bar.update(n_epochs)
+            bar.set_postfix(nll_per_px=f"{nll:.4g}")
             log.info("pty-chi %s: epoch %d, data NLL %.6g per pixel, solver %.2f s",
                      cfg.algorithm, done, nll, solver_s)
 

@@ -4,7 +4,9 @@
   32-bit TIFF.
 * :mod:`ptypinn.io.scans` -- scan formats: detection, the ``{format: reader}`` table, canonical and
   reference NPZ.
-* :mod:`ptypinn.io.hdf5` -- CXI, ptychodus product files, the tike Siemens-star scan.
+* :mod:`ptypinn.io.hdf5` -- CXI, ptychodus product files and standard layout
+  (``diffraction.h5`` + ``product-in.h5``), the tike Siemens-star scan, HDF5 compression
+  filters (``hdf5plugin``), lazy HDF5 frames.
 * :mod:`ptypinn.io.scratch` -- scratch arrays, memory-mapped on a temporary file when large.
 
 The names below are re-exported so callers write ``from ptypinn import io; io.read_scan(...)``.
@@ -13,6 +15,7 @@ ptypinn.
 """
 
 from ptypinn.io.files import (
+    LAZY_MIN_BYTES,
     TMP_PREFIX,
     WriteError,
     atomic_path,
@@ -44,18 +47,24 @@ from ptypinn.io.files import (
     write_yaml,
 )
 from ptypinn.io.hdf5 import (
+    HDF5Rows,
     Product,
     describe_hdf5,
     detect_hdf5_kind,
     read_cxi,
     read_product,
+    read_ptychodus,
     read_tike_siemens_npz_bz2,
+    register_filters,
+    unavailable_filters,
     write_cxi,
     write_product,
+    write_ptychodus_diffraction,
 )
 from ptypinn.io.scratch import scratch_array
 from ptypinn.io.scans import (
     SCAN_FORMAT,
+    NpzRows,
     detect_format,
     read_probe,
     read_reference_npz,
@@ -75,4 +84,6 @@ __all__ = [
     "read_tike_siemens_npz_bz2", "write_cxi", "write_product",
     "SCAN_FORMAT", "detect_format", "read_probe", "read_reference_npz", "read_scan",
     "read_scan_summary", "write_scan", "scratch_array",
+    "LAZY_MIN_BYTES", "HDF5Rows", "NpzRows", "read_ptychodus", "write_ptychodus_diffraction",
+    "register_filters", "unavailable_filters",
 ]

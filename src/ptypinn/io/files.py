@@ -378,6 +378,49 @@ def npz_member_header(path: str | os.PathLike, key: str
         raise ValueError(f"{path}: key '{key}': not readable ({type(e).__name__}: {e})") from None
 
 
+LAZY_MIN_BYTES = 64 * 2**20
+"""Counts of at least this many bytes (as float32) stay in their file by default and are read
+on demand (:class:`~ptypinn.data.LazyCounts`): CXI and ptychodus HDF5 frames, stored
+(uncompressed) NPZ arrays.  Smaller scans are read whole (faster for training)."""
+
+
+def read_lazily(lazy: bool | None, shape: tuple[int, ...]) -> bool:
+    """Whether counts of ``shape`` are read on demand: ``lazy``, or by size when None
+    (:data:`LAZY_MIN_BYTES`)."""
+    if lazy is not None:
+        return bool(lazy)
+    return float(math.prod(shape)) * 4 >= LAZY_MIN_BYTES
+
+
+def npz_member_offset(path: str | os.PathLike, key: str
+                      ) -> tuple[int, tuple[int, ...], np.dtype] | None:
+    """Where the data of NPZ member ``key`` start in the file, its shape and dtype, when the
+    member is stored (not deflated) in C order, so that rows can be read (or memory-mapped)
+    straight from the file; None otherwise."""
+    path = Path(path)
+    where = f"{path}: key '{key}'"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(f"{key}.npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                return None
+            with zf.open(info) as fh:
+                shape, dtype, fortran = npy_header(fh, where)
+                header_len = fh.tell()
+        with open(path, "rb") as raw:
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{where}: corrupt local zip header")
+        name_len = int.from_bytes(local[26:28], "little")
+        extra_len = int.from_bytes(local[28:30], "little")
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as e:
+        raise ValueError(f"{where}: not readable ({type(e).__name__}: {e})") from None
+    if fortran and len(shape) > 1:
+        return None
+    return info.header_offset + 30 + name_len + extra_len + header_len, shape, dtype
+
+
 def iter_npz_rows(path: str | os.PathLike, key: str, rows: int) -> Iterator[np.ndarray]:
     """Stream NPZ member ``key`` (C order, ``ndim >= 1``) ``rows`` entries of its first axis at
     a time, stored or deflated alike: only one chunk is ever in memory.

@@ -54,14 +54,16 @@ from scipy import constants
 from ptypinn.data import (
     CHUNK_PATTERNS,
     CountStatistics,
+    LazyCounts,
     ScanData,
     count_statistics,
     estimate_probe,
     frame_shift_px,
+    iter_chunks,
     window_outside,
 )
 from ptypinn.io.files import (atomic_path, available_memory_bytes, check_memory, json_default,
-                               json_object)
+                               json_object, read_lazily)
 
 __all__ = [
     "Product",
@@ -74,6 +76,14 @@ __all__ = [
     "detect_hdf5_kind",
     "open_hdf5",
     "wavelength_m",
+    "HDF5Rows",
+    "register_filters",
+    "unavailable_filters",
+    "FILTER_NAMES",
+    "read_ptychodus",
+    "write_ptychodus_diffraction",
+    "PTYCHODUS_DIFFRACTION",
+    "PTYCHODUS_PRODUCTS",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,6 +118,14 @@ PRODUCT_EPOCHS = "/loss_epochs"
 PRODUCT_OPR = "opr_weights"  # ptychodus reads /probe@opr_weights and writes /opr_weights
 PRODUCT_PTYPINN = "/ptypinn/metadata_json"  # our run metadata (provenance); ignored by ptychodus
 CXI_IMAGE = "/entry_1/image_1"  # a reconstructed object (CXI "image" of data_type "object")
+
+# ptychodus standard layout: a directory with diffraction.h5 and product.h5 (see
+# docs/formats.md)
+PTYCHODUS_DIFFRACTION = "diffraction.h5"
+PTYCHODUS_PRODUCTS = ("product.h5", "product-in.h5", "product-out.h5")
+PTYCHODUS_PATTERNS = "/patterns"
+PTYCHODUS_INDEXES = "/indexes"
+PTYCHODUS_BAD_PIXELS = "/bad_pixels"
 
 TIKE_COPYRIGHT = "Copyright (c) 2018, UChicago Argonne, LLC. All rights reserved."
 
@@ -166,9 +184,45 @@ def _refuse_foreign(f: h5py.File, path: Path) -> None:
     walk(f, "")
 
 
+FILTER_NAMES = {32008: "bitshuffle", 32004: "LZ4", 32001: "Blosc", 32026: "Blosc2",
+                32015: "Zstd", 307: "bzip2", 32017: "SZ", 32013: "ZFP", 32018: "FCIDECOMP"}
+"""Registered HDF5 filter ids of the compression plugins that hdf5plugin provides."""
+
+
+def register_filters() -> bool:
+    """Register the compression filters of detector files (bitshuffle/LZ4, Blosc, Zstd, ...)
+    with HDF5 by importing ``hdf5plugin`` when it is installed (the optional extra
+    ``ptypinn[hdf5plugin]``); whether it was."""
+    try:
+        import hdf5plugin  # noqa: F401  (registers its filters on import)
+    except ImportError:
+        return False
+    return True
+
+
+def unavailable_filters(d: h5py.Dataset) -> list[str]:
+    """Names (with ids) of the filters in ``d``'s pipeline that HDF5 cannot apply here."""
+    try:
+        plist = d.id.get_create_plist()
+        codes = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+    except (AttributeError, OSError, ValueError):  # pragma: no cover (exotic h5py builds)
+        return []
+    return [f"{FILTER_NAMES.get(c, 'filter')} (HDF5 filter id {c})" for c in codes
+            if not h5py.h5z.filter_avail(c)]
+
+
+def _check_filters(d: h5py.Dataset, path: Path, where: str) -> None:
+    """``ValueError`` naming the missing filter when ``d`` cannot be decoded here."""
+    hint = _filter_hint(d)
+    if hint:
+        raise ValueError(f"{path}: {where}: cannot read the frames{hint}")
+
+
 def open_hdf5(path: str | os.PathLike) -> h5py.File:
     """Open an HDF5 file for reading, after refusing external links, virtual datasets and
-    external raw storage anywhere in it (``ValueError`` naming the file and the object)."""
+    external raw storage anywhere in it (``ValueError`` naming the file and the object).
+    The compression filters of ``hdf5plugin`` are registered first when it is installed."""
+    register_filters()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -211,7 +265,8 @@ def _read(f: h5py.File, p: str, path: Path, dtype: Any = None, array: bool = Tru
         return np.asarray(a) if dtype is None else np.asarray(a, dtype=dtype)
     except (TypeError, ValueError, OSError) as e:
         raise ValueError(f"{path}: {p}: unreadable values ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                         f"{str(e).splitlines()[0] if str(e) else ''}){_filter_hint(d)}"
+                         ) from None
 
 
 def _first(f: h5py.File, paths: tuple[str, ...]) -> str | None:
@@ -252,6 +307,76 @@ def _fail(path: Path, where: str, expected: str, actual: Any) -> None:
     raise ValueError(f"{path}: {where}: expected {expected}, got {actual}")
 
 
+class HDF5Rows:
+    """Reads rows of one ``(n, H, W)`` HDF5 dataset on demand: the
+    :data:`ptypinn.data.RowReader` behind the :class:`~ptypinn.data.LazyCounts` of a CXI scan.
+
+    The file is opened on first use and kept open (a copy sent to another process reopens it).
+    Sorted rows are read as slices where they are dense (one contiguous read covering them),
+    else by h5py's point selection.  ``bad`` ``(H, W)``: in those pixels, values that are not
+    counts (negative, NaN/Inf, >= 2**31: detector flags) read as 0, as :func:`read_cxi` did.
+
+    Parameters
+    ----------
+    path : the HDF5 file (already checked by :func:`open_hdf5`)
+    dataset : path of the dataset in the file
+    bad : bool ``(H, W)``, optional
+    """
+
+    def __init__(self, path: str | os.PathLike, dataset: str, bad: np.ndarray | None = None
+                 ) -> None:
+        self.path = Path(path)
+        self.dataset = dataset
+        self.bad = None if bad is None or not np.any(bad) else np.asarray(bad, dtype=bool)
+        self._file: h5py.File | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None}
+
+    def _dataset(self) -> h5py.Dataset:
+        if self._file is None or not self._file.id.valid:
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as e:
+                raise ValueError(f"{self.path}: not readable any more ({e})") from None
+        return self._file[self.dataset]
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (sorted, unique) as stored, ``(len(rows), H, W)``."""
+        d = self._dataset()
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        try:
+            if hi - lo <= 2 * len(rows):  # dense: one contiguous read, then pick
+                block = d[lo:hi]
+                if hi - lo != len(rows):
+                    block = block[rows - lo]
+            else:
+                block = d[rows]
+        except (TypeError, ValueError, OSError) as e:
+            raise ValueError(f"{self.path}: {self.dataset}: unreadable values "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                             f"{_filter_hint(d)}") from None
+        block = np.asarray(block)
+        if self.bad is not None:
+            vals = block[:, self.bad].astype(np.float64)
+            junk = ~(np.isfinite(vals) & (vals >= 0) & (vals < SENTINEL_COUNTS))
+            if junk.any():
+                block = block.copy() if not block.flags.writeable else block
+                vals[junk] = 0
+                block[:, self.bad] = vals.astype(block.dtype)
+        return block
+
+
+def _filter_hint(d: h5py.Dataset) -> str:
+    """``"; ..."`` naming a compression filter of ``d`` that this h5py cannot decode, or ``""``."""
+    missing = unavailable_filters(d)
+    if not missing:
+        return ""
+    return (f"; the dataset is compressed with {', '.join(missing)}, which this installation "
+            "cannot decode: pip install 'ptypinn[hdf5plugin]' (registers the bitshuffle/LZ4/"
+            "Blosc/Zstd filters of detector files)")
+
+
 # ------------------------------------------------------------------------------------------------
 # CXI
 
@@ -284,7 +409,8 @@ def _positive(f: h5py.File, p: str, path: Path) -> float | None:
     return v
 
 
-def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) -> ScanData:
+def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None,
+             lazy: bool | None = None, flip_positions: bool = False) -> ScanData:
     """Read a CXI ptychography file into :class:`ScanData`.
 
     Parameters
@@ -293,6 +419,14 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
     object_pixel_size_m : float, optional
         Object (and probe) pixel size in metres.  Default: from the geometry,
         ``wavelength * distance / (N * detector_pixel_size)`` per axis.
+    lazy : bool or None
+        Frames ``(n, H, W)`` stay in the file and are read on demand
+        (:class:`~ptypinn.data.LazyCounts` over :class:`HDF5Rows`: memory does not grow with
+        the number of patterns); False reads them all (as does a raster ``(ny, nx, H, W)``);
+        None: lazily when they take at least :data:`~ptypinn.io.files.LAZY_MIN_BYTES`.
+    flip_positions : bool
+        Negate the translations (``positions_px = origin + t / pixel_size``): for files whose
+        translations are beam (probe) positions rather than sample positions.
 
     Returns
     -------
@@ -309,12 +443,25 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
         if data_path is None:
             raise ValueError(f"{path}: not a CXI ptychography file: no dataset at "
                              f"{CXI_DATA[0]} or {CXI_DATA[1]}")
-        counts = _read(f, data_path, path)
-        if counts.ndim == 4:  # raster (ny, nx, H, W)
-            counts = counts.reshape(-1, *counts.shape[-2:])
-        if counts.ndim != 3 or counts.shape[0] == 0:
-            _fail(path, data_path, "frames (n, H, W) with n >= 1", counts.shape)
-        n, h, w = counts.shape
+        dset = _dataset(f, data_path, path)
+        lazy = (dset.shape is not None and len(dset.shape) == 3
+                and read_lazily(lazy, dset.shape))
+        if lazy:
+            counts = None
+            shape = dset.shape
+            if shape[0] == 0:
+                _fail(path, data_path, "frames (n, H, W) with n >= 1", shape)
+            if dset.dtype.kind not in "iuf":
+                _fail(path, data_path, "real numeric frames", dset.dtype)
+            _check_filters(dset, path, data_path)
+        else:
+            counts = _read(f, data_path, path)
+            if counts.ndim == 4:  # raster (ny, nx, H, W)
+                counts = counts.reshape(-1, *counts.shape[-2:])
+            if counts.ndim != 3 or counts.shape[0] == 0:
+                _fail(path, data_path, "frames (n, H, W) with n >= 1", counts.shape)
+            shape = counts.shape
+        n, h, w = shape
 
         trans_path = _first(f, CXI_TRANSLATION)
         if trans_path is None:
@@ -346,11 +493,12 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
             bad = mask != 0
             # flagged pixels may hold sentinels (-1, NaN, 2**32-1) that are not counts: zero
             # those; valid values in flagged pixels are kept as stored
-            vals = counts[:, bad].astype(np.float64)
-            junk = ~(np.isfinite(vals) & (vals >= 0) & (vals < SENTINEL_COUNTS))
-            if junk.any():
-                vals[junk] = 0
-                counts[:, bad] = vals.astype(counts.dtype)
+            if counts is not None:
+                vals = counts[:, bad].astype(np.float64)
+                junk = ~(np.isfinite(vals) & (vals >= 0) & (vals < SENTINEL_COUNTS))
+                if junk.any():
+                    vals[junk] = 0
+                    counts[:, bad] = vals.astype(counts.dtype)
 
         energy_eV = _cxi_energy_eV(f, path)
         distance_m = _positive(f, CXI_DISTANCE, path)
@@ -375,7 +523,8 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
                 log.warning("%s: non-square object pixels (y %.4g m, x %.4g m); meta records x",
                             path, ps_y, ps_x)
 
-        pos = np.stack([-t[:, 1] / ps_y, -t[:, 0] / ps_x], axis=1)
+        sign = 1.0 if flip_positions else -1.0
+        pos = np.stack([sign * t[:, 1] / ps_y, sign * t[:, 0] / ps_x], axis=1)
 
         extras: dict[str, Any] = {}
         if CXI_PTYPINN in f:
@@ -397,7 +546,7 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
         version = _scalar(f, CXI_VERSION)
 
     origin = extras.get("positions_origin_px")
-    if origin is not None and object_pixel_size_m is None:
+    if origin is not None and object_pixel_size_m is None and not flip_positions:
         shift = np.asarray(origin, dtype=np.float64)
     else:
         shift = frame_shift_px(pos, h)
@@ -418,8 +567,14 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
         "detector_pixel_size_m": px_x_m,
         "object_pixel_size_m": ps_x,
         "positions_shift_px": shift.tolist(),
-        "positions_convention": "probe centre = origin - sample translation (CXI x -> column)",
+        "positions_convention": ("probe centre = origin + translation (flipped: "
+                                 "--flip-positions)" if flip_positions else
+                                 "probe centre = origin - sample translation (CXI x -> column)"),
     })
+    if counts is None:
+        counts = LazyCounts((n, h, w), HDF5Rows(path, data_path, bad), f"{path}: {data_path}")
+    else:
+        counts = counts.astype(np.float32)
     if probe is None:  # no illumination in the file: a data-derived start, to be learned
         probe, fit = estimate_probe(counts, bad)
         log.warning("%s: %s: missing (also looked at %s); estimated the probe from the data "
@@ -428,7 +583,7 @@ def read_cxi(path: str | os.PathLike, object_pixel_size_m: float | None = None) 
         meta["probe_calibrated"] = False
         meta["probe_estimated"] = fit
     try:
-        return ScanData(counts=counts.astype(np.float32), positions_px=pos, probe=probe,
+        return ScanData(counts=counts, positions_px=pos, probe=probe,
                         object_true=extras.get("object_true"),
                         object_guess=extras.get("object_guess"), bad_pixels=bad, meta=meta)
     except ValueError as e:
@@ -488,9 +643,11 @@ def write_cxi(path: str | os.PathLike, scan: ScanData, image: np.ndarray | None 
     if image is not None and np.shape(image) != (hy, wx):
         raise ValueError(f"image: expected the scan's object shape ({hy}, {wx}), got "
                          f"{np.shape(image)}")
-    counts = scan.counts
-    if np.array_equal(counts, np.round(counts)) and counts.max() < 2**31:
-        counts = counts.astype(np.uint32)
+    # frames are written chunk by chunk (lazy counts are never all in memory); as uint32 when
+    # every value is a whole number below 2**31
+    integer = all(np.array_equal(c, np.round(c)) and float(c.max()) < 2**31
+                  for c in iter_chunks(scan.counts))
+    frames_dtype = np.uint32 if integer else np.float32
 
     with atomic_path(path, suffix=".cxi") as tmp:
         with h5py.File(tmp, "w") as f:
@@ -500,7 +657,12 @@ def write_cxi(path: str | os.PathLike, scan: ScanData, image: np.ndarray | None 
             entry.create_dataset("program_name", data="ptypinn")
             det = entry.create_group("instrument_1/detector_1")
             det.attrs["NX_class"] = "NXdetector"
-            d = det.create_dataset("data", data=counts, chunks=(1, n_px, n_px))
+            d = det.create_dataset("data", shape=scan.counts.shape, dtype=frames_dtype,
+                                   chunks=(1, n_px, n_px))
+            start = 0
+            for c in iter_chunks(scan.counts):
+                d[start:start + len(c)] = c.astype(frames_dtype)
+                start += len(c)
             d.attrs["axes"] = "translation:y:x"
             det.create_dataset("distance", data=distance_m)
             det.create_dataset("x_pixel_size", data=dpx_m)
@@ -774,6 +936,133 @@ def write_product(path: str | os.PathLike, product: Product) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# ptychodus standard layout (diffraction.h5 + product-in.h5)
+
+
+def _ptychodus_paths(path: Path) -> tuple[Path, Path]:
+    """The diffraction file and its product file, from the directory or the diffraction file."""
+    diffraction = path / PTYCHODUS_DIFFRACTION if path.is_dir() else path
+    for name in PTYCHODUS_PRODUCTS:
+        if (diffraction.parent / name).is_file():
+            return diffraction, diffraction.parent / name
+    raise ValueError(f"{diffraction}: a ptychodus diffraction file needs its product file (probe, "
+                     f"positions, object) beside it: {' or '.join(PTYCHODUS_PRODUCTS)} in "
+                     f"{diffraction.parent}")
+
+
+def read_ptychodus(path: str | os.PathLike, lazy: bool | None = None) -> ScanData:
+    """Read a scan in ptychodus's standard layout into :class:`ScanData`.
+
+    ``path`` is the directory, or its ``diffraction.h5``; the product is ``product-in.h5``
+    beside it (else ``product-out.h5``).  ``diffraction.h5``: ``/patterns (n, H, W)`` counts
+    as measured (zero frequency at the centre), ``/indexes (n,)``, ``/bad_pixels (H, W)``
+    (nonzero = bad) and the detector pixel size in ``/patterns@detector_pixel_{width,height}_m``.
+    The product (:func:`read_product`) gives the probe, the object (read as the initial guess,
+    ``object_guess``), the positions in its pixel frame (matched to the patterns by index),
+    the photon energy and the detector distance.  The probe is not taken to be in photon units.
+
+    ``lazy``: the patterns stay in the file and are read on demand (None: when they take at
+    least :data:`~ptypinn.io.files.LAZY_MIN_BYTES`).
+    """
+    diffraction, product_path = _ptychodus_paths(Path(path))
+    product = read_product(product_path)
+    with open_hdf5(diffraction) as f:
+        d = _dataset(f, PTYCHODUS_PATTERNS, diffraction)
+        if d.shape is None or len(d.shape) != 3 or d.shape[0] == 0:
+            _fail(diffraction, PTYCHODUS_PATTERNS, "patterns (n, H, W) with n >= 1", d.shape)
+        if d.dtype.kind not in "iuf":
+            _fail(diffraction, PTYCHODUS_PATTERNS, "real numeric patterns", d.dtype)
+        _check_filters(d, diffraction, PTYCHODUS_PATTERNS)
+        n, h, w = d.shape
+        pixel = {k: (_attr_float(d, k, diffraction, PTYCHODUS_PATTERNS) if k in d.attrs else None)
+                 for k in ("detector_pixel_width_m", "detector_pixel_height_m")}
+        indexes = (_read(f, PTYCHODUS_INDEXES, diffraction).reshape(-1).astype(np.int64)
+                   if PTYCHODUS_INDEXES in f else np.arange(n))
+        if indexes.shape != (n,):
+            _fail(diffraction, PTYCHODUS_INDEXES, f"{n} indexes (one per pattern)", indexes.shape)
+        bad = None
+        if PTYCHODUS_BAD_PIXELS in f:
+            bad = _read(f, PTYCHODUS_BAD_PIXELS, diffraction) != 0
+            if bad.shape != (h, w):
+                _fail(diffraction, PTYCHODUS_BAD_PIXELS, f"shape ({h}, {w})", bad.shape)
+        lazily = read_lazily(lazy, (n, h, w))
+        if not lazily:
+            check_memory(float(n * h * w) * d.dtype.itemsize,
+                         f"{diffraction}: {PTYCHODUS_PATTERNS}")
+    rows = HDF5Rows(diffraction, PTYCHODUS_PATTERNS, bad)
+    counts: Any = LazyCounts((n, h, w), rows, f"{diffraction}: {PTYCHODUS_PATTERNS}")
+    if not lazily:
+        counts = counts[:]
+        rows._file = None  # the whole array is read: let the file go
+
+    # positions: the product's, matched to the patterns by index
+    with open_hdf5(product_path) as f:
+        pidx = (_read(f, PRODUCT_INDEXES, product_path).reshape(-1).astype(np.int64)
+                if PRODUCT_INDEXES in f else np.arange(product.positions_px.shape[0]))
+    where = {int(k): i for i, k in enumerate(pidx)}
+    missing = [int(k) for k in indexes if int(k) not in where]
+    if missing:
+        raise ValueError(f"{product_path}: {PRODUCT_INDEXES}: no position for pattern index "
+                         f"{missing[0]} of {diffraction} ({len(missing)} missing)")
+    pos = product.positions_px[[where[int(k)] for k in indexes]]
+    probe = product.probe[0] if product.probe.shape[0] == 1 else product.probe
+    meta: dict[str, Any] = {
+        "provenance": f"ptychodus:{diffraction.name}+{product_path.name}",
+        "measurement": "counts",
+        "probe_calibrated": False,
+        "photon_energy_eV": product.photon_energy_eV,
+        "detector_distance_m": product.detector_distance_m,
+        "detector_pixel_size_m": pixel["detector_pixel_width_m"],
+        "object_pixel_size_m": product.object_pixel_size_m,
+        "positions_convention": "ptychodus product positions mapped into its object's frame",
+    }
+    try:
+        return ScanData(counts=counts, positions_px=pos, probe=probe,
+                        object_guess=product.object, bad_pixels=bad, meta=meta)
+    except ValueError as e:
+        if not str(e).startswith("positions_px"):
+            raise ValueError(f"{diffraction}: {e}") from None
+    # a window reaches the product object's edge: frame the positions on their own
+    shift = frame_shift_px(pos, h)
+    log.warning("%s: positions leave the object of %s by a fraction of a pixel; framing them "
+                "on their own (shift %s px) without its object", diffraction, product_path.name,
+                shift.tolist())
+    meta["positions_shift_px"] = shift.tolist()
+    try:
+        return ScanData(counts=counts, positions_px=pos + shift, probe=probe, bad_pixels=bad,
+                        meta=meta)
+    except ValueError as e:
+        raise ValueError(f"{diffraction}: {e}") from None
+
+
+def write_ptychodus_diffraction(path: str | os.PathLike, scan: ScanData,
+                                compression: str | None = "lzf") -> None:
+    """Write ``scan``'s counts as ptychodus's ``diffraction.h5`` (atomically, chunk by chunk):
+    ``/patterns`` (float32 or uint32 when whole numbers), ``/indexes``, ``/bad_pixels`` and the
+    detector pixel size attributes.  With :func:`write_product` (as ``product-in.h5`` beside
+    it) this is ptychodus's standard layout, which :func:`read_ptychodus` reads."""
+    path = Path(path)
+    n, h, w = scan.counts.shape
+    integer = all(np.array_equal(c, np.round(c)) and float(c.max()) < 2**31
+                  for c in iter_chunks(scan.counts))
+    dtype = np.uint32 if integer else np.float32
+    px = float(scan.meta.get("detector_pixel_size_m") or 0.0)
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset(PTYCHODUS_INDEXES, data=np.arange(n, dtype=np.int64))
+            d = f.create_dataset(PTYCHODUS_PATTERNS, shape=(n, h, w), dtype=dtype,
+                                 chunks=(1, h, w), compression=compression)
+            start = 0
+            for c in iter_chunks(scan.counts):
+                d[start:start + len(c)] = c.astype(dtype)
+                start += len(c)
+            d.attrs["detector_pixel_width_m"] = px
+            d.attrs["detector_pixel_height_m"] = px
+            bad = (np.zeros((h, w), bool) if scan.bad_pixels is None else scan.bad_pixels)
+            f.create_dataset(PTYCHODUS_BAD_PIXELS, data=bad)
+
+
+# ------------------------------------------------------------------------------------------------
 # the tike Siemens-star scan
 
 
@@ -853,13 +1142,16 @@ def read_tike_siemens_npz_bz2(path: str | os.PathLike) -> ScanData:
 # inspection
 
 
-def detect_hdf5_kind(path: str | os.PathLike) -> Literal["cxi", "product", "unknown-hdf5"]:
+def detect_hdf5_kind(path: str | os.PathLike
+                     ) -> Literal["cxi", "product", "ptychodus-diffraction", "unknown-hdf5"]:
     """Which HDF5 layout a file holds, by content."""
     with open_hdf5(path) as f:
         if CXI_VERSION in f or _first(f, CXI_DATA) is not None:
             return "cxi"
         if all(p in f for p in (PRODUCT_X, PRODUCT_Y, PRODUCT_PROBE, PRODUCT_OBJECT)):
             return "product"
+        if PTYCHODUS_PATTERNS in f and isinstance(f[PTYCHODUS_PATTERNS], h5py.Dataset):
+            return "ptychodus-diffraction"
     return "unknown-hdf5"
 
 

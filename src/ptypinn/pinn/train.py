@@ -39,7 +39,8 @@ from ptypinn.pinn.models import build_model, derive_amplitude_max, initial_probe
 from ptypinn.refinement import refine
 
 __all__ = ["TrainingDiverged", "GroupDataset", "LitPtycho", "TrainResult", "train_model",
-           "split_groups", "check_training", "DIVERGENCE_FACTOR", "start_probe"]
+           "split_groups", "check_training", "DIVERGENCE_FACTOR", "start_probe",
+           "BEST_CHECKPOINT", "load_best_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class GroupDataset(Dataset):
         if with_truth and scan.object_true is None:
             raise ValueError("model.kind='baseline': expected a scan with object_true (ground "
                              "truth; simulation only), got a scan without it")
-        self.counts = torch.from_numpy(scan.counts)
+        self.counts = torch.from_numpy(np.asarray(scan.counts))  # lazy counts: read whole
         self.indices = torch.from_numpy(np.asarray(groups.indices, dtype=np.int64))
         self.offsets = torch.from_numpy(np.asarray(groups.offsets_px, dtype=np.float32))
         self.size = scan.pattern_size
@@ -240,6 +241,19 @@ def _check_checkpoint(path: Path, lit: LitPtycho) -> None:
                          "model")
 
 
+BEST_CHECKPOINT = "best"
+"""``checkpoints/best.ckpt``: the weights of the lowest validation loss (over resumed runs)."""
+
+
+def load_best_weights(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The model weights of a Lightning checkpoint (``state_dict`` entries of ``model.``, the
+    prefix removed), or None when ``path`` is empty or no file."""
+    if not path or not Path(path).is_file():
+        return None
+    state = io.read_checkpoint(path).get("state_dict", {})
+    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+
+
 def check_training(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
                    resume: bool = False) -> None:
     """Every check :func:`train_model` makes before training, without writing anything.
@@ -350,8 +364,16 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
     val_dl = (_loader(GroupDataset(scan, val_groups, with_truth),
                       cfg.train.batch_size, shuffle=False) if val_groups is not None else None)
     ckpt_dir = out_dir / "checkpoints"
-    callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, filename="latest", save_last=True,
-                                          save_top_k=1, save_on_train_epoch_end=True)]
+    # With validation, one checkpoint callback keeps the best validation weights in
+    # checkpoints/best.ckpt and then writes last.ckpt with the record of that score, so a
+    # resumed run still returns them (without validation: the last epoch, kept in memory).
+    best_cb = (ModelCheckpoint(dirpath=ckpt_dir, filename=BEST_CHECKPOINT, monitor="val_loss",
+                               mode="min", save_top_k=1, save_last=True,
+                               enable_version_counter=False)
+               if val_dl is not None else None)
+    callbacks: list[Any] = [best_cb if best_cb is not None else
+                            ModelCheckpoint(dirpath=ckpt_dir, filename="latest", save_last=True,
+                                            save_top_k=1, save_on_train_epoch_end=True)]
     if cfg.train.early_stopping_patience and val_dl is not None:
         callbacks.append(EarlyStopping("val_loss", patience=cfg.train.early_stopping_patience))
     loggers: list[Any] = [CSVLogger(out_dir, name="logs", version="")]
@@ -388,7 +410,12 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
         if earlier is not None and trainer.is_global_zero:
             io.append_csv_history(metrics_csv, earlier)  # a resume appends to the history
     fit_time = time.perf_counter() - t0
-    if lit.best_state is not None:
+    best = load_best_weights(best_cb.best_model_path if best_cb is not None else "")
+    if best is not None:
+        model.load_state_dict(best)
+        log.info("best validation weights: %s (val_loss %.6g)", best_cb.best_model_path,
+                 float(best_cb.best_model_score))
+    elif lit.best_state is not None:
         model.load_state_dict(lit.best_state)
     epochs_run = int(trainer.current_epoch)
     n_samples = len(train_dl.dataset) * max(epochs_run, 1)  # type: ignore[arg-type]

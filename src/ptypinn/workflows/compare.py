@@ -245,7 +245,7 @@ def run_arms(scan: ScanData, pinn: str | os.PathLike | Bundle | None = None,
         candidates = []
         for it_cfg in configs:
             t0 = time.perf_counter()
-            res = reconstruct_ptychi(scan, it_cfg)
+            res = reconstruct_ptychi(scan, it_cfg, progress=progress)
             res_end_to_end = time.perf_counter() - t0
             nll = res.nll_per_pixel  # measured by the adapter (with its own probe if refined)
             log.info("PtyChi %s: %d epochs, %.1f s, data NLL/px %.4f", res.algorithm,

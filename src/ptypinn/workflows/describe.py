@@ -56,6 +56,10 @@ def describe_summary(scan: ScanSummary) -> list[str]:
 def describe_path(path: str | os.PathLike, measurement: str | None = None) -> list[str]:
     """Describe a scan file (any supported format) or a bundle/run directory."""
     p = Path(path)
+    if (p.is_dir() and (p / "diffraction.h5").is_file()
+            and io.detect_format(p) == "ptychodus-dir"):
+        return ([f"{p}: ptychodus standard layout (diffraction.h5 + product)"]
+                + describe_summary(io.read_scan_summary(p, measurement)))
     if p.is_dir():
         bundle = p if (p / "manifest.json").is_file() else p / "bundle"
         if not (bundle / "manifest.json").is_file():
@@ -84,6 +88,9 @@ def describe_path(path: str | os.PathLike, measurement: str | None = None) -> li
             f"{training.get('n_train_groups')} train / {training.get('n_val_groups')} val groups",
         ]
     kind = io.detect_format(p)
+    if kind == "hdf5" and io.detect_hdf5_kind(p) == "ptychodus-diffraction":
+        return ([f"{p}: ptychodus diffraction file (with its product beside it)"]
+                + describe_summary(io.read_scan_summary(p, measurement)))
     if kind == "hdf5":
         return io.describe_hdf5(p)
     # the patterns are streamed, never all in memory (issue 17 item 6)

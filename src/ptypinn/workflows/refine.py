@@ -45,7 +45,7 @@ def refine_scan(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | Non
     iterative : IterativeConfig, optional
         The pty-chi settings of the ``ptychi`` engine (default: ``IterativeConfig()``).
     progress : bool
-        A progress bar of the epochs (own engine only).
+        A progress bar of the epochs (either engine).
 
     Returns
     -------
@@ -78,7 +78,7 @@ def refine_scan(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | Non
         return RefineResult(object=obj0.astype(np.complex64), probe=probe0,
                             positions_px=np.asarray(scan.positions_px, np.float64))
     res = reconstruct_ptychi(scan.replace(object_guess=obj0.astype(np.complex64), probe=probe0),
-                             it)
+                             it, progress=progress)
     log.info("refine (pty-chi %s): %d epochs (%s), %.2f s, data NLL %.6g per pixel",
              it.algorithm, res.iterations, res.stop_reason, res.wall_time_s, res.nll_per_pixel)
     return RefineResult(object=res.object, probe=res.probe,

@@ -60,6 +60,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from scipy import ndimage
+from tqdm.auto import tqdm
 
 from ptypinn import io
 from ptypinn.baselines.ptychi import ptychi_available
@@ -401,7 +402,7 @@ def _run_cell(cell: Cell, study: StudyConfig, cell_dir: Path, cache: dict[Any, A
 
 
 def run_study(source: str | os.PathLike | Mapping[str, Any], out_dir: str | os.PathLike,
-              overrides: Sequence[str] = ()) -> dict[str, Any]:
+              overrides: Sequence[str] = (), progress: bool = False) -> dict[str, Any]:
     """Run (or resume) a study and write its report.
 
     Parameters
@@ -412,6 +413,8 @@ def run_study(source: str | os.PathLike | Mapping[str, Any], out_dir: str | os.P
         Study directory: ``study.yaml`` (resolved), ``cells/<name>/``, results and report.
     overrides : sequence of str
         ``section.field=value`` (``study.values=[1e4,1e6]`` works too).
+    progress : bool
+        A progress bar of the cells on stderr (the command line: only on a terminal).
 
     Returns
     -------
@@ -429,7 +432,7 @@ def run_study(source: str | os.PathLike | Mapping[str, Any], out_dir: str | os.P
         "overrides": list(overrides), "out_dir": str(out), "cells": [c.name for c in cells]})
     cache: dict[Any, Any] = {}
     ran, skipped = [], []
-    for i, cell in enumerate(cells, 1):
+    for i, cell in enumerate(tqdm(cells, desc="study", unit="cell", disable=not progress), 1):
         cell_dir = out / "cells" / check_cell_name(cell.name, "study")
         key = _resume_key(cell, study)
         if _is_done(cell_dir, key):
