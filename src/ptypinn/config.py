@@ -220,12 +220,21 @@ class ModelConfig:
     kind : {"pinn", "baseline"}
         ``pinn`` trains through the physics (no ground truth); ``baseline`` is supervised (L1 on
         the true object, simulation only).
-    generator : {"unet"}
-        Generator architecture.
+    generator : {"unet", "spectral"}
+        Generator architecture: ``unet`` (:class:`ptypinn.pinn.networks.UNetGenerator`) or
+        ``spectral``, a residual encoder-decoder with spectral-convolution blocks
+        (:class:`ptypinn.pinn.spectral.SpectralResNetGenerator`); both start from the same
+        physics layer.
     width : int
-        Channels of the first U-Net level (level k has ``width * 2**k``).
+        Channels of the first level (level k has ``width * 2**k``).
     depth : int
-        Down-sampling levels of the U-Net (1-5; N must be divisible by 2**depth).
+        Down-sampling levels (1-5; N must be divisible by 2**depth).
+    spectral_modes : int
+        ``spectral`` only: Fourier modes kept per axis by each spectral convolution, >= 1
+        (clipped to each level's size: ``min(m, n_level // 2)`` rows of each sign,
+        ``min(m, n_level // 2 + 1)`` columns).
+    spectral_blocks : int
+        ``spectral`` only: spectral residual blocks at the bottleneck, >= 0.
     amplitude_max : float or None
         Upper bound of the predicted amplitude (transmission).  None (the default): derived from
         the training data when training starts (:func:`ptypinn.pinn.models.derive_amplitude_max`:
@@ -240,9 +249,11 @@ class ModelConfig:
     """
 
     kind: Literal["pinn", "baseline"] = "pinn"
-    generator: Literal["unet"] = "unet"
+    generator: Literal["unet", "spectral"] = "unet"
     width: int = 32
     depth: int = 3
+    spectral_modes: int = 12
+    spectral_blocks: int = 2
     amplitude_max: float | None = None
     trainable_intensity_scale: bool = False
     tv_weight: float = 0.0
@@ -251,7 +262,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         s = "model"
         require(self.kind in ("pinn", "baseline"), f"{s}.kind", "'pinn' or 'baseline'", self.kind)
-        require(self.generator == "unet", f"{s}.generator", "'unet'", self.generator)
+        require(self.generator in ("unet", "spectral"), f"{s}.generator",
+                "'unet' or 'spectral'", self.generator)
+        require(_is_int(self.spectral_modes) and self.spectral_modes >= 1,
+                f"{s}.spectral_modes", "an integer >= 1", self.spectral_modes)
+        require(_is_int(self.spectral_blocks) and self.spectral_blocks >= 0,
+                f"{s}.spectral_blocks", "an integer >= 0", self.spectral_blocks)
         require(self.width >= 4, f"{s}.width", ">= 4", self.width)
         require(1 <= self.depth <= 5, f"{s}.depth", "in [1, 5]", self.depth)
         require(self.amplitude_max is None or (math.isfinite(self.amplitude_max)
