@@ -315,6 +315,25 @@ class TrainConfig:
     progress_bar : bool
         Show Lightning's progress bar (the command line turns it off when its output does not
         go to a terminal).
+    collapse_check : bool
+        The collapse guard (needs a validation split, ``val_fraction > 0``): after every
+        validation epoch, compare the predicted amplitude ``|O|`` with the physics estimate
+        ``|O0|`` inside the probe core (``|P|^2 >= 0.5 max``).  The epoch is *flagged* when both
+        the spread ratio (mean per-patch std of ``|O|`` over that of ``|O0|``) is below
+        ``collapse_min_spread_ratio`` and the mean per-patch Pearson correlation of ``|O|`` with
+        ``|O0|`` is below ``collapse_min_correlation``; after ``collapse_patience_epochs``
+        flagged epochs in a row training stops with
+        :class:`ptypinn.pinn.TrainingCollapsed`.  An object with no amplitude contrast at all
+        (a pure phase object), correctly reconstructed, also has a flat amplitude: turn the
+        check off for such objects.
+    collapse_min_spread_ratio : float
+        In [0, 1]; below it the amplitude counts as flat (0.05: 20x less structure than
+        ``|O0|``).
+    collapse_min_correlation : float
+        In [-1, 1]; below it the amplitude counts as unrelated to the physics estimate (at the
+        start of training it is 1: the generators start from ``O0``).
+    collapse_patience_epochs : int
+        Consecutive flagged validation epochs before stopping, ``>= 1``.
     """
 
     epochs: int = 30
@@ -332,6 +351,10 @@ class TrainConfig:
     max_time_s: float | None = None
     tensorboard: bool = False
     progress_bar: bool = True
+    collapse_check: bool = True
+    collapse_min_spread_ratio: float = 0.05
+    collapse_min_correlation: float = 0.2
+    collapse_patience_epochs: int = 2
 
     def __post_init__(self) -> None:
         s = "train"
@@ -347,6 +370,13 @@ class TrainConfig:
         require(self.max_time_s is None or (math.isfinite(self.max_time_s)
                                             and self.max_time_s > 0),
                 f"{s}.max_time_s", "None (no cap) or a finite number > 0", self.max_time_s)
+        require(0 <= self.collapse_min_spread_ratio <= 1, f"{s}.collapse_min_spread_ratio",
+                "in [0, 1]", self.collapse_min_spread_ratio)
+        require(-1 <= self.collapse_min_correlation <= 1, f"{s}.collapse_min_correlation",
+                "in [-1, 1]", self.collapse_min_correlation)
+        require(_is_int(self.collapse_patience_epochs) and self.collapse_patience_epochs >= 1,
+                f"{s}.collapse_patience_epochs", "an integer >= 1",
+                self.collapse_patience_epochs)
 
 
 @dataclass(frozen=True)
