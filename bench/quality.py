@@ -91,7 +91,7 @@ def cell_config(preset: dict[str, Any], gridsize: int, photons: float, probe: st
         grouping=GroupingConfig(gridsize=gridsize, k_neighbors=6),
         model=ModelConfig(width=preset["width"], depth=preset["depth"],
                           generator=preset.get("generator", "unet"),
-                          spectral_modes=preset.get("spectral_modes", 12),
+                          spectral_modes=preset.get("spectral_modes", 16),
                           spectral_blocks=preset.get("spectral_blocks", 2)),
         train=TrainConfig(epochs=preset["epochs"], batch_size=preset["batch_size"],
                           learning_rate=preset["learning_rate"], val_fraction=0.1,

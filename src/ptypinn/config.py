@@ -252,7 +252,7 @@ class ModelConfig:
     generator: Literal["unet", "spectral"] = "unet"
     width: int = 32
     depth: int = 3
-    spectral_modes: int = 12
+    spectral_modes: int = 16
     spectral_blocks: int = 2
     amplitude_max: float | None = None
     trainable_intensity_scale: bool = False

@@ -148,7 +148,7 @@ class UNetGenerator(nn.Module):
 
 
 def build_generator(kind: str, members: int, width: int, depth: int, amplitude_max: float,
-                    probe: torch.Tensor, spectral_modes: int = 12,
+                    probe: torch.Tensor, spectral_modes: int = 16,
                     spectral_blocks: int = 2) -> nn.Module:
     """Factory for generators by config name (``model.generator``).
 

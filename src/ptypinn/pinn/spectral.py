@@ -150,7 +150,7 @@ class SpectralResNetGenerator(nn.Module):
     """
 
     def __init__(self, members: int, backprop: nn.Module, width: int = 32, depth: int = 3,
-                 amplitude_max: float = 1.5, modes: int = 12, blocks: int = 2):
+                 amplitude_max: float = 1.5, modes: int = 16, blocks: int = 2):
         super().__init__()
         n = int(backprop.kernel.shape[-1])
         if n % 2**depth:
