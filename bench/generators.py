@@ -1,4 +1,4 @@
-"""Generators side by side (issue 14): size, cost and speed; optionally quality.
+"""Generators side by side (issue 14): parameters, FLOPs per pattern and CPU inference speed.
 
 For each generator (``model.generator``: ``unet``, ``spectral``) at 64² patterns and gridsize 1
 and 2, with the cpu preset's width and depth (``bench/quality.py``), prints:
@@ -11,10 +11,10 @@ and 2, with the cpu preset's width and depth (``bench/quality.py``), prints:
 - CPU inference patterns/s (forward only, ``torch.no_grad``, batch 64, best of ``--repeats``
   after a warm-up) with the threads given by ``OMP_NUM_THREADS``;
 
-and the machine (CPU, threads, load).  ``--quality`` then runs ``bench/quality.py`` for every
-generator (``--generator``) with the remaining options, e.g.::
+and the machine (CPU, threads, load).  The quality comparison is ``bench/quality.py
+--generator``, e.g.::
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/generators.py
+    OMP_NUM_THREADS=1 .venv/bin/python bench/generators.py --spectral-depth 2
     .venv/bin/python bench/quality.py --preset cpu --gridsize 1 --photons 1e9 --generator spectral \
         --seeds 1 2 3 -o runs/gen-spectral-gs1
 """
@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=ModelConfig.spectral_blocks)
     parser.add_argument("--width", type=int, default=None, help="override the preset")
     parser.add_argument("--depth", type=int, default=None, help="override the preset")
+    parser.add_argument("--spectral-depth", type=int, default=None,
+                        help="depth of the spectral generator (default: --depth)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
@@ -106,14 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"processor     : {platform.processor() or platform.machine()}; cpus {os.cpu_count()}")
     print(f"torch         : {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"load          : {os.getloadavg()}")
-    print(f"generators at {args.size}² patterns, width {width}, depth {depth}, spectral modes "
-          f"{args.modes}, blocks {args.blocks}\n")
+    print(f"generators at {args.size}² patterns, width {width}, depth {depth} (spectral: "
+          f"{args.spectral_depth or depth}), spectral modes {args.modes}, blocks {args.blocks}\n")
     print("| generator | gridsize | params | GFLOP/pattern (counted) | + FFT est. | "
           "patterns/s (CPU) |")
     print("|---|---|---|---|---|---|")
     for kind in args.generators:
         for gs in args.gridsize:
-            r = measure(kind, gs, width, depth, args.size, args.modes, args.blocks, args.repeats)
+            d = args.spectral_depth or depth if kind == "spectral" else depth
+            r = measure(kind, gs, width, d, args.size, args.modes, args.blocks, args.repeats)
             print(f"| {kind} | {gs} | {r['params'] / 1e6:.3f} M | {r['flops'] / 1e9:.3f} | "
                   f"{r['fft_flops'] / 1e9:.3f} | {r['patterns_per_s']:.0f} |", flush=True)
     print(f"\nload after    : {os.getloadavg()}")
