@@ -40,8 +40,9 @@ from ptypinn.pinn import TrainingCollapsed, TrainingDiverged
 from ptypinn.pinn.bundle import Bundle, save_bundle
 from ptypinn.pinn.models import build_model, derive_amplitude_max
 
-__all__ = ["TrainingDiverged", "TrainingCollapsed", "amplitude_collapse_stats", "GroupDataset", "LitPtycho", "TrainResult", "train_model",
-           "split_groups", "check_training", "DIVERGENCE_FACTOR"]
+__all__ = ["TrainingDiverged", "TrainingCollapsed", "amplitude_collapse_stats", "GroupDataset",
+           "LitPtycho", "TrainResult", "train_model", "split_groups", "check_training",
+           "DIVERGENCE_FACTOR"]
 
 log = logging.getLogger(__name__)
 
@@ -231,9 +232,9 @@ class LitPtycho(L.LightningModule):
         if self.collapse_flags >= tc.collapse_patience_epochs:
             raise TrainingCollapsed(
                 f"{what}, for {self.collapse_flags} validation epochs in a row; stopped. Try a "
-                "lower train.learning_rate, another train.seed or model.generator, or no "
-                "attention-like blocks; for an object without amplitude contrast (a pure phase "
-                "object) set train.collapse_check=false")
+                "lower train.learning_rate, another train.seed or another model.generator; for "
+                "an object without amplitude contrast (a pure phase object) set "
+                "train.collapse_check=false")
 
     def on_train_end(self) -> None:
         if self.trainer.world_size > 1:
