@@ -89,7 +89,10 @@ def cell_config(preset: dict[str, Any], gridsize: int, photons: float, probe: st
     return Config(
         simulation=sim,
         grouping=GroupingConfig(gridsize=gridsize, k_neighbors=6),
-        model=ModelConfig(width=preset["width"], depth=preset["depth"]),
+        model=ModelConfig(width=preset["width"], depth=preset["depth"],
+                          generator=preset.get("generator", "unet"),
+                          spectral_modes=preset.get("spectral_modes", 16),
+                          spectral_blocks=preset.get("spectral_blocks", 2)),
         train=TrainConfig(epochs=preset["epochs"], batch_size=preset["batch_size"],
                           learning_rate=preset["learning_rate"], val_fraction=0.1,
                           max_time_s=preset["max_time_s"], accelerator=accelerator,
@@ -197,13 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-time-s", type=float, default=None, help="override the preset")
     parser.add_argument("--width", type=int, default=None, help="override the preset")
     parser.add_argument("--depth", type=int, default=None, help="override the preset")
+    parser.add_argument("--generator", choices=["unet", "spectral"], default=None,
+                        help="model.generator (default: the config default, unet)")
+    parser.add_argument("--spectral-modes", type=int, default=None,
+                        help="model.spectral_modes (spectral generator)")
+    parser.add_argument("--spectral-blocks", type=int, default=None,
+                        help="model.spectral_blocks (spectral generator)")
     parser.add_argument("--crop", default="default",
                         help="stitching crop: 'default' (stitch.default_crop_px, the square "
                              "inscribed in the probe footprint) or a number of pixels")
     parser.add_argument("-o", "--outdir", default="bench_quality")
     args = parser.parse_args(argv)
     preset = dict(PRESETS[args.preset])
-    for key in ("epochs", "max_time_s", "width", "depth"):
+    for key in ("epochs", "max_time_s", "width", "depth", "generator", "spectral_modes",
+                "spectral_blocks"):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     out = Path(args.outdir)

@@ -42,7 +42,7 @@ import torch
 from ptypinn import data_nll, io, load_config, reconstruct_ptychi, to_dict, train_model
 from ptypinn.config import IterativeConfig, RefineConfig
 from ptypinn.data import to_photon_units
-from ptypinn.pinn.bundle import Bundle
+from ptypinn.pinn.bundle import Bundle, load_bundle
 from ptypinn.pinn.models import build_model, derive_amplitude_max
 from ptypinn.workflows.compare import ArmResult, compare, footprint_mask, run_arms, refine_arms
 
@@ -65,6 +65,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--refine", type=int, default=50, help="refinement epochs (cap) for (c)")
     p.add_argument("--reference-only", action="store_true",
                    help="only compute (and cache) the pty-chi reference")
+    p.add_argument("--reuse-bundle", action="store_true",
+                   help="reuse OUT/run/bundle from an earlier run instead of training again")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="ptypinn config overrides (after the defaults below)")
     return p.parse_args()
@@ -104,26 +106,35 @@ def main() -> None:
                              "train.batch_size=8", "train.accelerator=cpu",
                              "train.progress_bar=false", "infer.device=cpu", *args.set])
     io.write_yaml(out / "pinn_config.yaml", to_dict(cfg))
-    t0 = time.perf_counter()
-    run = train_model(cfg, scan, out / "run")
-    train_s = time.perf_counter() - t0
-    trained = run.bundle
-    print(f"PINN trained {run.epochs_run} epochs in {train_s:.0f} s")
-
-    # (a) what train_model builds, before its first step (same seed, probe and derived cap)
-    cap = (derive_amplitude_max(scan.probe, scan.counts, scan.bad_pixels)
-           if cfg.model.amplitude_max is None else cfg.model.amplitude_max)
-    ucfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, amplitude_max=cap))
-    torch.manual_seed(cfg.train.seed)
-    untrained = Bundle.create(build_model(ucfg.model, torch.from_numpy(scan.probe),
-                                          cfg.grouping.group_size), ucfg)
-
-    arms = run_arms(scan, pinn=untrained, infer_cfg=cfg.infer)
-    arms[0] = dataclasses.replace(arms[0], name="untrained")
-    pinn = run_arms(scan, pinn=trained, infer_cfg=cfg.infer)[0]
-    arms.append(pinn)
-    # the refinement starts from the PINN's own probe (the file's, or the one it learned)
+    if args.reuse_bundle:
+        trained, train_s, epochs_run = load_bundle(out / "run" / "bundle"), float("nan"), None
+        print(f"PINN bundle reused from {out / 'run' / 'bundle'}")
+    else:
+        t0 = time.perf_counter()
+        run = train_model(cfg, scan, out / "run")
+        train_s, trained, epochs_run = time.perf_counter() - t0, run.bundle, run.epochs_run
+        print(f"PINN trained {epochs_run} epochs in {train_s:.0f} s")
+    # the PINN's own probe (the file's, or the one it learned): stitching, data NLL, refinement
     pinn_scan = scan.replace(probe=trained.model.probe.detach().cpu().numpy())
+
+    # (a) what train_model builds, before its first network step (same seed and derived cap),
+    # with the file's probe and, when it learned one, with the PINN's final probe: the physics
+    # layer alone
+    arms = []
+    for label, s in (("untrained", scan), ("untrained, PINN's probe", pinn_scan)):
+        if label != "untrained" and not cfg.model.learn_probe:
+            continue
+        cap = (derive_amplitude_max(s.probe, s.counts, s.bad_pixels)
+               if cfg.model.amplitude_max is None else cfg.model.amplitude_max)
+        ucfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, amplitude_max=cap, learn_probe=False))
+        torch.manual_seed(cfg.train.seed)
+        untrained = Bundle.create(build_model(ucfg.model, torch.from_numpy(s.probe),
+                                              cfg.grouping.group_size), ucfg)
+        arms.append(dataclasses.replace(run_arms(s, pinn=untrained, infer_cfg=cfg.infer)[0],
+                                        name=label))
+    pinn = run_arms(pinn_scan, pinn=trained, infer_cfg=cfg.infer)[0]
+    arms.append(pinn)
     arms += refine_arms(pinn_scan, RefineConfig(epochs=args.refine, refine_probe=True,
                                                 device="cpu"), pinn_arm=pinn, flat=False)
     ref_arm = ArmResult(name="PtyChi", object=obj_ref, covered=footprint_mask(scan),
@@ -132,7 +143,7 @@ def main() -> None:
                         details={"algorithm": "lsqml", "iterations": args.ptychi_epochs,
                                  "optimize_probe": True})
     summary = compare(scan, [ref_arm, *arms], out / "compare")
-    info.update(train_s=train_s, epochs_run=run.epochs_run, ptychi_s=ref_s, compare=summary)
+    info.update(train_s=train_s, epochs_run=epochs_run, ptychi_s=ref_s, compare=summary)
     io.write_json(out / "agreement.json", info)
     print("\nagreement with pty-chi     amp r   phase r   FRC 1/2-bit (px)   data NLL/px")
     for a in arms:

@@ -1,4 +1,5 @@
-"""Training: the bundle returned and written, NaN guard, resume, 2-process DDP on CPU."""
+"""Training: the bundle returned and written, NaN guard, collapse guard, resume, 2-process DDP
+on CPU."""
 
 import json
 import subprocess
@@ -12,7 +13,8 @@ from ptypinn import io
 from ptypinn.config import Config, from_dict
 from ptypinn.pinn.bundle import load_bundle
 from ptypinn.pinn.models import PINN
-from ptypinn.pinn.train import TrainingDiverged, train_model
+from ptypinn.pinn.train import (TrainingCollapsed, TrainingDiverged, amplitude_collapse_stats,
+                                train_model)
 
 
 def _cfg(**train):
@@ -120,3 +122,67 @@ def test_resume_keeps_the_best_validation_weights(tiny_pair, tmp_path):
         assert not all(torch.equal(got[k], best_before[k]) for k in best_before)
     saved = io.read_checkpoint(best_path)["state_dict"]
     assert all(torch.equal(got[k], saved["model." + k]) for k in got)
+
+
+class _FlatGenerator(torch.nn.Module):
+    """A generator forced to collapse: one learned constant amplitude, zero phase, whatever the
+    input (it keeps the physics layer, as the real generators do)."""
+
+    def __init__(self, probe):
+        super().__init__()
+        from ptypinn.pinn.networks import BackPropagation
+
+        self.backprop = BackPropagation(probe)
+        self.level = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, counts, probe=None):
+        amp = self.level.abs().expand(counts.shape).float()
+        return torch.polar(amp, torch.zeros_like(amp))
+
+
+def test_amplitude_collapse_stats_match_numpy():
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(2, 3, 6, 6, generator=g)
+    r = torch.rand(2, 3, 6, 6, generator=g)
+    a[1, 2] = 0.7  # a flat patch: spread 0, correlation 0 by definition
+    core = torch.zeros(6, 6, dtype=torch.bool)
+    core[1:5, 2:6] = True
+    spread, spread0, corr = amplitude_collapse_stats(a, r, core)
+    an, rn = a.numpy()[:, :, 1:5, 2:6].reshape(6, -1), r.numpy()[:, :, 1:5, 2:6].reshape(6, -1)
+    np.testing.assert_allclose(spread.numpy(), an.std(axis=1), atol=1e-6)
+    np.testing.assert_allclose(spread0.numpy(), rn.std(axis=1), atol=1e-6)
+    want = [np.corrcoef(an[i], rn[i])[0, 1] for i in range(5)] + [0.0]
+    np.testing.assert_allclose(corr.numpy(), want, atol=1e-6)
+
+
+def test_collapse_guard_stops_a_collapsed_model(tiny_pair, tmp_path, monkeypatch, caplog):
+    import ptypinn.pinn.train as train_mod
+
+    train, _ = tiny_pair
+    real = train_mod.build_model
+
+    def collapsed(cfg, probe, group_size):
+        model = real(cfg, probe, group_size)
+        model.generator = _FlatGenerator(probe)
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", collapsed)
+    cfg = _cfg(epochs=4, collapse_patience_epochs=2)
+    with caplog.at_level("WARNING", logger="ptypinn.pinn.train"):
+        with pytest.raises(TrainingCollapsed, match=r"flat and unrelated .*correlation with "
+                                                    r"\|O0\| 0\.000.*2 validation epochs"):
+            train_model(cfg, train, tmp_path)
+    assert "collapse check" in caplog.text
+    rows = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
+    assert len([r for r in rows[1:] if r.split(",")[0] == "2"]) == 0  # stopped after epoch 1
+    # the guard can be turned off: the same model then trains to the end
+    off = _cfg(epochs=2, collapse_check=False)
+    assert train_model(off, train, tmp_path / "off").epochs_run == 2
+
+
+def test_collapse_guard_quiet_on_a_normal_run(tiny_pair, tmp_path):
+    train, _ = tiny_pair
+    res = train_model(_cfg(epochs=2, collapse_patience_epochs=1), train, tmp_path)
+    assert res.epochs_run == 2
+    assert res.final_metrics["val_amp_corr"] > 0.2
+    assert res.final_metrics["val_amp_spread"] > 0.05 * res.final_metrics["val_o0_spread"]

@@ -48,6 +48,7 @@ _API = {
     "check_training": "ptypinn.pinn.train",
     "TrainResult": "ptypinn.pinn.train",
     "TrainingDiverged": "ptypinn.pinn",
+    "TrainingCollapsed": "ptypinn.pinn",
     "reconstruct": "ptypinn.pinn.infer",
     "Reconstruction": "ptypinn.pinn.infer",
     "prepare_scan": "ptypinn.pinn.infer",
@@ -84,7 +85,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
     from ptypinn.physics import data_nll
     from ptypinn.provenance import run_provenance
     from ptypinn.refinement import RefineResult, refine
-    from ptypinn.pinn import TrainingDiverged
+    from ptypinn.pinn import TrainingCollapsed, TrainingDiverged
     from ptypinn.pinn.bundle import Bundle, load_bundle, save_bundle
     from ptypinn.pinn.infer import Reconstruction, bundle_mismatch, prepare_scan, reconstruct
     from ptypinn.workflows.outputs import write_outputs

@@ -661,6 +661,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ptypinn.TrainingDiverged as e:  # light: resolving it does not import Lightning
         print(f"ptypinn: training diverged: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except ptypinn.TrainingCollapsed as e:
+        print(f"ptypinn: training collapsed: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     except (ValueError, OSError, MemoryError) as e:
         # bad input (ConfigError is a ValueError), unreadable or unwritable files, full disks,
         # sizes beyond the machine: one line naming the file or key, no traceback

@@ -220,12 +220,21 @@ class ModelConfig:
     kind : {"pinn", "baseline"}
         ``pinn`` trains through the physics (no ground truth); ``baseline`` is supervised (L1 on
         the true object, simulation only).
-    generator : {"unet"}
-        Generator architecture.
+    generator : {"unet", "spectral"}
+        Generator architecture: ``unet`` (:class:`ptypinn.pinn.networks.UNetGenerator`) or
+        ``spectral``, a residual encoder-decoder with spectral-convolution blocks
+        (:class:`ptypinn.pinn.spectral.SpectralResNetGenerator`); both start from the same
+        physics layer.
     width : int
-        Channels of the first U-Net level (level k has ``width * 2**k``).
+        Channels of the first level (level k has ``width * 2**k``).
     depth : int
-        Down-sampling levels of the U-Net (1-5; N must be divisible by 2**depth).
+        Down-sampling levels (1-5; N must be divisible by 2**depth).
+    spectral_modes : int
+        ``spectral`` only: Fourier modes kept per axis by each spectral convolution, >= 1
+        (clipped to each level's size: ``min(m, n_level // 2)`` rows of each sign,
+        ``min(m, n_level // 2 + 1)`` columns).
+    spectral_blocks : int
+        ``spectral`` only: spectral residual blocks at the bottleneck, >= 0.
     amplitude_max : float or None
         Upper bound of the predicted amplitude (transmission).  None (the default): derived from
         the training data when training starts (:func:`ptypinn.pinn.models.derive_amplitude_max`:
@@ -262,9 +271,11 @@ class ModelConfig:
     """
 
     kind: Literal["pinn", "baseline"] = "pinn"
-    generator: Literal["unet"] = "unet"
+    generator: Literal["unet", "spectral"] = "unet"
     width: int = 32
     depth: int = 3
+    spectral_modes: int = 16
+    spectral_blocks: int = 2
     amplitude_max: float | None = None
     trainable_intensity_scale: bool = False
     tv_weight: float = 0.0
@@ -277,7 +288,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         s = "model"
         require(self.kind in ("pinn", "baseline"), f"{s}.kind", "'pinn' or 'baseline'", self.kind)
-        require(self.generator == "unet", f"{s}.generator", "'unet'", self.generator)
+        require(self.generator in ("unet", "spectral"), f"{s}.generator",
+                "'unet' or 'spectral'", self.generator)
+        require(_is_int(self.spectral_modes) and self.spectral_modes >= 1,
+                f"{s}.spectral_modes", "an integer >= 1", self.spectral_modes)
+        require(_is_int(self.spectral_blocks) and self.spectral_blocks >= 0,
+                f"{s}.spectral_blocks", "an integer >= 0", self.spectral_blocks)
         require(self.width >= 4, f"{s}.width", ">= 4", self.width)
         require(1 <= self.depth <= 5, f"{s}.depth", "in [1, 5]", self.depth)
         require(self.amplitude_max is None or (math.isfinite(self.amplitude_max)
@@ -333,6 +349,25 @@ class TrainConfig:
     progress_bar : bool
         Show Lightning's progress bar (the command line turns it off when its output does not
         go to a terminal).
+    collapse_check : bool
+        The collapse guard (needs a validation split, ``val_fraction > 0``): after every
+        validation epoch, compare the predicted amplitude ``|O|`` with the physics estimate
+        ``|O0|`` inside the probe core (``|P|^2 >= 0.5 max``).  The epoch is *flagged* when both
+        the spread ratio (mean per-patch std of ``|O|`` over that of ``|O0|``) is below
+        ``collapse_min_spread_ratio`` and the mean per-patch Pearson correlation of ``|O|`` with
+        ``|O0|`` is below ``collapse_min_correlation``; after ``collapse_patience_epochs``
+        flagged epochs in a row training stops with
+        :class:`ptypinn.pinn.TrainingCollapsed`.  An object with no amplitude contrast at all
+        (a pure phase object), correctly reconstructed, also has a flat amplitude: turn the
+        check off for such objects.
+    collapse_min_spread_ratio : float
+        In [0, 1]; below it the amplitude counts as flat (0.05: 20x less structure than
+        ``|O0|``).
+    collapse_min_correlation : float
+        In [-1, 1]; below it the amplitude counts as unrelated to the physics estimate (at the
+        start of training it is 1: the generators start from ``O0``).
+    collapse_patience_epochs : int
+        Consecutive flagged validation epochs before stopping, ``>= 1``.
     """
 
     epochs: int = 30
@@ -350,6 +385,10 @@ class TrainConfig:
     max_time_s: float | None = None
     tensorboard: bool = False
     progress_bar: bool = True
+    collapse_check: bool = True
+    collapse_min_spread_ratio: float = 0.05
+    collapse_min_correlation: float = 0.2
+    collapse_patience_epochs: int = 2
 
     def __post_init__(self) -> None:
         s = "train"
@@ -365,6 +404,13 @@ class TrainConfig:
         require(self.max_time_s is None or (math.isfinite(self.max_time_s)
                                             and self.max_time_s > 0),
                 f"{s}.max_time_s", "None (no cap) or a finite number > 0", self.max_time_s)
+        require(0 <= self.collapse_min_spread_ratio <= 1, f"{s}.collapse_min_spread_ratio",
+                "in [0, 1]", self.collapse_min_spread_ratio)
+        require(-1 <= self.collapse_min_correlation <= 1, f"{s}.collapse_min_correlation",
+                "in [-1, 1]", self.collapse_min_correlation)
+        require(_is_int(self.collapse_patience_epochs) and self.collapse_patience_epochs >= 1,
+                f"{s}.collapse_patience_epochs", "an integer >= 1",
+                self.collapse_patience_epochs)
 
 
 @dataclass(frozen=True)

@@ -13,4 +13,10 @@ class TrainingDiverged(RuntimeError):
     """
 
 
-__all__ = ["TrainingDiverged"]
+class TrainingCollapsed(RuntimeError):
+    """The generator's output collapsed (a flat amplitude unrelated to the physics estimate);
+    raised by the validation check of :class:`ptypinn.pinn.train.LitPtycho` with the numbers and
+    what to try.  Defined here so that the command line can catch it without Lightning."""
+
+
+__all__ = ["TrainingDiverged", "TrainingCollapsed"]

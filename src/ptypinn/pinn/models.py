@@ -290,6 +290,7 @@ def build_model(cfg: ModelConfig, probe: torch.Tensor, group_size: int) -> nn.Mo
     """
     probe = torch.as_tensor(probe)
     amplitude_max = AMPLITUDE_MAX_FLOOR if cfg.amplitude_max is None else cfg.amplitude_max
-    gen = build_generator(cfg.generator, group_size, cfg.width, cfg.depth, amplitude_max, probe)
+    gen = build_generator(cfg.generator, group_size, cfg.width, cfg.depth, amplitude_max, probe,
+                          spectral_modes=cfg.spectral_modes, spectral_blocks=cfg.spectral_blocks)
     cls = PINN if cfg.kind == "pinn" else SupervisedBaseline
     return cls(gen, probe, cfg)

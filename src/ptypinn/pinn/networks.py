@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ptypinn import physics
+from ptypinn.pinn.spectral import SpectralResNetGenerator
 
 __all__ = ["BackPropagation", "UNetGenerator", "build_generator"]
 
@@ -192,9 +193,19 @@ class UNetGenerator(nn.Module):
 
 
 def build_generator(kind: str, members: int, width: int, depth: int, amplitude_max: float,
-                    probe: torch.Tensor) -> nn.Module:
-    """Factory for generators by config name (``model.generator``)."""
+                    probe: torch.Tensor, spectral_modes: int = 16,
+                    spectral_blocks: int = 2) -> nn.Module:
+    """Factory for generators by config name (``model.generator``).
+
+    ``unet``: :class:`UNetGenerator`; ``spectral``:
+    :class:`ptypinn.pinn.spectral.SpectralResNetGenerator` (with ``spectral_modes`` and
+    ``spectral_blocks``) on the same physics layer.
+    """
     if kind == "unet":
         return UNetGenerator(members, probe, width=width, depth=depth,
                              amplitude_max=amplitude_max)
-    raise ValueError(f"model.generator: expected 'unet', got {kind!r}")
+    if kind == "spectral":
+        return SpectralResNetGenerator(members, BackPropagation(probe), width=width, depth=depth,
+                                       amplitude_max=amplitude_max, modes=spectral_modes,
+                                       blocks=spectral_blocks)
+    raise ValueError(f"model.generator: expected 'unet' or 'spectral', got {kind!r}")

@@ -6,7 +6,10 @@ TensorBoard metrics, checkpoints (written atomically by Lightning through an fss
 that stops with a clear message on a NaN/Inf loss or one above ``DIVERGENCE_FACTOR`` times the
 first step's (the last good ``last.ckpt`` stays), checks of every input and of the resumed
 checkpoint before anything is written (:func:`check_training`), a metrics history that a resume
-appends to, keeping the best validation weights in memory, a check that DDP ranks end with
+appends to, keeping the best validation weights in memory, a collapse guard (after each validation
+epoch, :func:`amplitude_collapse_stats` compares the predicted amplitude with the physics
+estimate; a flat amplitude unrelated to it for ``train.collapse_patience_epochs`` epochs stops
+the run with :class:`~ptypinn.pinn.TrainingCollapsed`), a check that DDP ranks end with
 identical weights, and the bundle: returned in memory
 (:attr:`TrainResult.bundle`, ready for :func:`ptypinn.pinn.infer.reconstruct`) and written to
 ``out_dir/bundle``.
@@ -33,14 +36,14 @@ from ptypinn import io, physics
 from ptypinn.config import Config, RefineConfig
 from ptypinn.data import ScanData, pattern_totals, probe_power, to_photon_units
 from ptypinn.grouping import Groups, group_patterns
-from ptypinn.pinn import TrainingDiverged
+from ptypinn.pinn import TrainingCollapsed, TrainingDiverged
 from ptypinn.pinn.bundle import Bundle, save_bundle
 from ptypinn.pinn.models import build_model, derive_amplitude_max, initial_probe_modes
 from ptypinn.refinement import refine
 
-__all__ = ["TrainingDiverged", "GroupDataset", "LitPtycho", "TrainResult", "train_model",
-           "split_groups", "check_training", "DIVERGENCE_FACTOR", "start_probe",
-           "BEST_CHECKPOINT", "load_best_weights"]
+__all__ = ["TrainingDiverged", "TrainingCollapsed", "amplitude_collapse_stats", "GroupDataset",
+           "LitPtycho", "TrainResult", "train_model", "split_groups", "check_training",
+           "DIVERGENCE_FACTOR", "start_probe", "BEST_CHECKPOINT", "load_best_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,38 @@ def split_groups(groups: Groups, positions_px: np.ndarray, val_fraction: float
     return pick(~val), pick(val)
 
 
+def amplitude_collapse_stats(amplitude: torch.Tensor, reference: torch.Tensor,
+                             core: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                          torch.Tensor]:
+    """Per-patch amplitude spread and correlation with a reference, inside a core mask.
+
+    Parameters
+    ----------
+    amplitude : float ``(B, C, H, W)``, the predicted ``|O|``.
+    reference : float ``(B, C, H, W)``, the physics estimate ``|O0|``.
+    core : bool ``(H, W)``, the pixels scored (the probe's core).
+
+    Returns
+    -------
+    spread, reference_spread, correlation : float ``(B*C,)`` each: the population std of
+        ``amplitude`` and of ``reference`` over the core of each patch, and their Pearson
+        correlation there (0 where either is constant; ``amplitude`` counts as constant when its
+        std is below 1e-5 of its mean, the float32 rounding of a flat patch).
+    """
+    a = amplitude.reshape(-1, *amplitude.shape[-2:])[:, core].double()
+    r = reference.reshape(-1, *reference.shape[-2:])[:, core].double()
+    level = a.mean(dim=1, keepdim=True)
+    a = a - level
+    r = r - r.mean(dim=1, keepdim=True)
+    sa = a.square().mean(dim=1).sqrt()
+    sr = r.square().mean(dim=1).sqrt()
+    cov = (a * r).mean(dim=1)
+    # constant up to float32 rounding (e.g. after the overlap constraint): no correlation
+    ok = (sa > 1e-5 * level[:, 0].abs() + 1e-12) & (sr > 0)
+    corr = torch.where(ok, cov / (sa * sr).clamp_min(1e-300), torch.zeros_like(cov))
+    return sa, sr, corr
+
+
 class LitPtycho(L.LightningModule):
     """Lightning wrapper: Adam + (cosine) schedule around a model exposing ``loss(batch)``."""
 
@@ -113,6 +148,13 @@ class LitPtycho(L.LightningModule):
         self.best_val = math.inf
         self.ranks_identical: bool | None = None
         self.first_loss: float | None = None
+        self.collapse_flags = 0
+        probe = getattr(model, "probe", None)
+        core = None
+        if probe is not None:
+            i2 = physics.probe_modes(probe).abs().square().sum(0)
+            core = i2 >= 0.5 * i2.max()
+        self.register_buffer("collapse_core", core, persistent=False)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, logs = self.model.loss(batch)
@@ -139,8 +181,24 @@ class LitPtycho(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, _ = self.model.loss(batch)
-        self.log("val_loss", loss, prog_bar=True, on_epoch=True,
-                 batch_size=batch["counts"].shape[0], sync_dist=True)
+        b = batch["counts"].shape[0]
+        self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=b, sync_dist=True)
+        backprop = getattr(getattr(self.model, "generator", None), "backprop", None)
+        if self.cfg.train.collapse_check and backprop is not None \
+                and self.collapse_core is not None and bool(self.collapse_core.any()):
+            patches = self.model(batch["counts"], batch["offsets_px"])
+            # the physics estimate under the model's current probe (a learned one included)
+            o0 = backprop(batch["counts"], self.model.probe if getattr(
+                self.model, "learns_probe", False) else None)
+            spread, spread0, corr = amplitude_collapse_stats(patches.abs(), o0.abs(),
+                                                             self.collapse_core)
+            n = spread.numel()
+            self.log("val_amp_spread", spread.mean().float(), on_epoch=True, batch_size=n,
+                     sync_dist=True)
+            self.log("val_o0_spread", spread0.mean().float(), on_epoch=True, batch_size=n,
+                     sync_dist=True)
+            self.log("val_amp_corr", corr.mean().float(), on_epoch=True, batch_size=n,
+                     sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -150,6 +208,36 @@ class LitPtycho(L.LightningModule):
             self.best_val = float(val)
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in
                                              self.model.state_dict().items()})
+        self._check_collapse()
+
+    def _check_collapse(self) -> None:
+        """Count validation epochs with a flat amplitude unrelated to ``|O0|``; stop after
+        ``train.collapse_patience_epochs`` in a row (see :class:`ptypinn.config.TrainConfig`)."""
+        m = self.trainer.callback_metrics
+        if not self.cfg.train.collapse_check or "val_amp_corr" not in m:
+            return
+        tc = self.cfg.train
+        spread, spread0, corr = (float(m[k]) for k in ("val_amp_spread", "val_o0_spread",
+                                                        "val_amp_corr"))
+        ratio = spread / spread0 if spread0 > 0 else math.inf
+        flagged = ratio < tc.collapse_min_spread_ratio and corr < tc.collapse_min_correlation
+        self.collapse_flags = self.collapse_flags + 1 if flagged else 0
+        if not flagged:
+            return
+        what = (f"the predicted amplitude inside the probe is flat and unrelated to the physics "
+                f"estimate |O0| at epoch {self.current_epoch}: per-patch spread {spread:.3g} "
+                f"= {ratio:.3g} x that of |O0| ({spread0:.3g}; threshold "
+                f"train.collapse_min_spread_ratio={tc.collapse_min_spread_ratio:g}), correlation "
+                f"with |O0| {corr:.3f} (threshold train.collapse_min_correlation="
+                f"{tc.collapse_min_correlation:g})")
+        log.warning("collapse check: %s (%d of %d epochs in a row)", what, self.collapse_flags,
+                    tc.collapse_patience_epochs)
+        if self.collapse_flags >= tc.collapse_patience_epochs:
+            raise TrainingCollapsed(
+                f"{what}, for {self.collapse_flags} validation epochs in a row; stopped. Try a "
+                "lower train.learning_rate, another train.seed or another model.generator; for "
+                "an object without amplitude contrast (a pure phase object) set "
+                "train.collapse_check=false")
 
     def on_train_end(self) -> None:
         if self.trainer.world_size > 1:

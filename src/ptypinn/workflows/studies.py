@@ -68,7 +68,7 @@ from ptypinn.config import ARM_LABELS, Config, ConfigError, to_dict
 from ptypinn.data import ScanData
 from ptypinn.grouping import group_patterns, overlap_metrics, probe_radius_px_from_probe
 from ptypinn.physics import extract_patches
-from ptypinn.pinn import TrainingDiverged
+from ptypinn.pinn import TrainingCollapsed, TrainingDiverged
 from ptypinn.simulate import simulate_scan, simulate_train_test
 from ptypinn.workflows.compare import compare, refine_arms, run_arms
 from ptypinn.workflows.study_config import PARAMETERS, StudyConfig, check_cell_name, load_study
@@ -359,7 +359,7 @@ def _run_cell(cell: Cell, study: StudyConfig, cell_dir: Path, cache: dict[Any, A
                 "fit_time_s": res.fit_time_s, "epochs_run": res.epochs_run,
                 "samples_per_s": res.samples_per_s, "n_train_groups": res.n_train_groups}
             arms += run_arms(test, **{kind: res.bundle}, infer_cfg=cfg.infer)
-        except (ValueError, TrainingDiverged) as e:
+        except (ValueError, TrainingDiverged, TrainingCollapsed) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             log.error("%s: %s arm failed: %s", cell.name, ARM_LABELS[kind], msg)
             record["failed"][ARM_LABELS[kind]] = msg
