@@ -243,12 +243,13 @@ def test_cli_infer_formats_and_provenance(measured, tmp_path, capsys):
     _bundle(tmp_path / "b", 32)
     out = tmp_path / "out"
     assert main(["infer", str(tmp_path / "b"), "--scan", str(tmp_path / "scan.npz"), "-o",
-                 str(out), "--format", "npz,product,cxi,tiff"]) == 0
+                 str(out), "--format", "npz,product,cxi,tiff",
+                 "--set", "infer.batch_size=96"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     for name in ("reconstruction.npz", "reconstruction.product.h5", "reconstruction.cxi",
                  "reconstruction_amplitude.tif", "reconstruction_phase.tif"):
         assert name in summary["files"] and (out / name).is_file(), name
-    assert summary["provenance"]["config"]["infer"]["batch_size"] == 256
+    assert summary["provenance"]["config"]["infer"]["batch_size"] == 96  # the resolved config
     assert summary["provenance"]["command_line"] == sys.argv  # main() was given argv directly
     log = (out / "ptypinn.log").read_text()
     assert "provenance: ptypinn" in log and '"config":' in log  # full record in the file
