@@ -33,18 +33,13 @@ Networks never do file I/O.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from ptypinn import physics
-from ptypinn.pinn.spectral import SpectralResNetGenerator
+from ptypinn.pinn.spectral import SpectralResNetGenerator, residual_head
 
 __all__ = ["BackPropagation", "UNetGenerator", "build_generator"]
-
-_RATIO_CLAMP = (0.02, 0.98)
-"""Clamp of ``|O0| / amplitude_max`` before the logit of the residual head (finite start)."""
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -185,11 +180,7 @@ class UNetGenerator(nn.Module):
         y = skips.pop()
         for up, merge in zip(self.up, self.merge):
             y = merge(torch.cat([up(y), skips.pop()], dim=1))
-        out = self.head(y).float()
-        ratio = (o0.abs() / self.amplitude_max).clamp(*_RATIO_CLAMP)
-        amp = self.amplitude_max * torch.sigmoid(torch.logit(ratio) + out[:, : self.members])
-        phase = torch.angle(o0) + math.pi * torch.tanh(out[:, self.members:])
-        return torch.polar(amp, phase)
+        return residual_head(o0, self.head(y).float(), self.amplitude_max)
 
 
 def build_generator(kind: str, members: int, width: int, depth: int, amplitude_max: float,

@@ -41,7 +41,7 @@ __all__ = ["SpectralConv2d", "SpectralBlock", "SpectralResNetGenerator", "residu
 
 RATIO_CLAMP = (0.02, 0.98)
 """Clamp of ``|O0| / amplitude_max`` before the logit of the residual head (a finite start); the
-same values as the U-Net's head."""
+head of every generator (:func:`residual_head`)."""
 
 
 def residual_head(o0: torch.Tensor, out: torch.Tensor, amplitude_max: float) -> torch.Tensor:
