@@ -373,6 +373,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     bundle = ptypinn.load_bundle(args.run)
     scan = _read_scan(args.scan, args.measurement, args.photons_per_pattern, bundle, args)
     formats = _formats(args, scan)
+    _bound_heap_growth(scan)
     recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress(),
                                 allocate=io.scratch_array)
     refined = _refine_pinn(recon, scan, cfg)
@@ -411,6 +412,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     train_s = time.perf_counter() - t0
     if cfg.model.learn_probe:  # stitching, data NLL and refinement use the learned probe
         scan = scan.replace(probe=bundle.model.probe.detach().cpu().numpy())
+    _bound_heap_growth(scan)
     recon = ptypinn.reconstruct(bundle, scan, cfg.infer, progress=_progress(),
                                 allocate=io.scratch_array)
     refined = _refine_pinn(recon, scan, cfg)
@@ -634,13 +636,18 @@ MMAP_THRESHOLD_BYTES = 1 << 20
 memory mappings, returned to the system when freed.  Without it glibc's adaptive threshold puts
 the per-batch buffers of a streamed scan (counts read from the file, FFT temporaries) on the
 heap, whose fragmentation kept about 10 kB per pattern: 1.5 GiB of RSS after 100,000 patterns
-instead of 0.35 (``bench/stream_memory.py``, docs/benchmarks.md)."""
+instead of 0.35 (``bench/stream_memory.py``, docs/benchmarks.md).  Applied only before the
+inference of a scan read lazily (a large file): a fixed threshold also turns off glibc's
+adaptation for everything else, and training under it took twice as long (measured: 2 epochs of
+the demo scan, 37.2 s against 18.0 s)."""
 
 
-def _bound_heap_growth() -> None:
-    """Apply :data:`MMAP_THRESHOLD_BYTES` (``mallopt(M_MMAP_THRESHOLD)``) on glibc; a no-op
-    elsewhere, or when ``MALLOC_MMAP_THRESHOLD_`` is set in the environment (the user's own)."""
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+def _bound_heap_growth(scan: Any) -> None:
+    """Apply :data:`MMAP_THRESHOLD_BYTES` (``mallopt(M_MMAP_THRESHOLD)``) on glibc when the
+    ``scan``'s counts are read lazily; a no-op otherwise, elsewhere, or when
+    ``MALLOC_MMAP_THRESHOLD_`` is set in the environment (the user's own)."""
+    if not isinstance(scan.counts, ptypinn.LazyCounts) or not sys.platform.startswith("linux") \
+            or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return
     import ctypes
 
@@ -655,7 +662,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    _bound_heap_growth()
     try:
         return int(args.func(args) or 0)
     except ptypinn.TrainingDiverged as e:  # light: resolving it does not import Lightning
