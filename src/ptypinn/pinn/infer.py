@@ -139,11 +139,12 @@ def bundle_mismatch(bundle: Bundle, scan: ScanData,
     p_train = bundle.model.probe.detach().cpu().numpy()
     p_scan = scan.probe_modes
     power_train, power_scan = probe_power(p_train), probe_power(p_scan)
-    if abs(power_scan / power_train - 1) > tolerance["probe_power"]:
+    probe_input = getattr(bundle.config.model, "probe_input", False)
+    if not probe_input and abs(power_scan / power_train - 1) > tolerance["probe_power"]:
         out.append(f"probe power {power_scan:.4g} photons differs from the training probe's "
                    f"{power_train:.4g} by more than {tolerance['probe_power']:.0%}")
-    if getattr(bundle.config.model, "probe_input", False):
-        pass  # the probe is an input of this bundle: another probe shape is expected
+    if probe_input:
+        pass  # the probe is an input of this bundle: another probe is expected
     elif p_train.shape == p_scan.shape:
         overlap = abs(np.vdot(p_train, p_scan)) / math.sqrt(power_train * power_scan)
         if overlap < tolerance["probe_correlation"]:

@@ -205,13 +205,14 @@ def build_generator(kind: str, members: int, width: int, depth: int, amplitude_m
 
     ``unet``: :class:`UNetGenerator`; ``spectral``:
     :class:`ptypinn.pinn.spectral.SpectralResNetGenerator` (with ``spectral_modes`` and
-    ``spectral_blocks``) on the same physics layer.
+    ``spectral_blocks``) on the same physics layer.  ``probe_input``: either generator
+    conditioned on the runtime probe (``model.probe_input``).
     """
     if kind == "unet":
         return UNetGenerator(members, probe, width=width, depth=depth,
-                             amplitude_max=amplitude_max)
+                             amplitude_max=amplitude_max, probe_input=probe_input)
     if kind == "spectral":
         return SpectralResNetGenerator(members, BackPropagation(probe), width=width, depth=depth,
                                        amplitude_max=amplitude_max, modes=spectral_modes,
-                                       blocks=spectral_blocks)
+                                       blocks=spectral_blocks, probe_input=probe_input)
     raise ValueError(f"model.generator: expected 'unet' or 'spectral', got {kind!r}")
