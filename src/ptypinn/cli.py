@@ -321,10 +321,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _quiet_training(_config(args))
     if args.resume and args.overwrite:
         raise ValueError("train: expected --resume or --overwrite, got both")
-    out = _guard_output(args.output, [args.train, *_config_inputs(args, cfg)],
+    if len(args.train) > 1 and not cfg.model.probe_input:
+        raise ValueError(f"train: expected one --train/--scan, got {len(args.train)}; training "
+                         "on several scans (several probes) needs model.probe_input=true "
+                         "(--set model.probe_input=true)")
+    out = _guard_output(args.output, [*args.train, *_config_inputs(args, cfg)],
                         existing_ok=args.resume or args.overwrite or _secondary_rank(),
                         hint=_EXISTING_RUN)
-    scan = _read_scan(args.train, args.measurement, args.photons_per_pattern, args=args)
+    scans = [_read_scan(path, args.measurement, args.photons_per_pattern, args=args)
+             for path in args.train]
+    scan = scans[0] if len(scans) == 1 else scans
     ptypinn.check_training(cfg, scan, out, resume=args.resume)
     _log_to_file(out)
     from ptypinn import io
@@ -538,8 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(t)
     t.add_argument("config_positional", nargs="?", metavar="CONFIG",
                    help="deprecated: use --config")
-    t.add_argument("--train", required=True, help="training scan file (any supported format, or a "
-                   "ptychodus directory: diffraction.h5 + product.h5)")
+    t.add_argument("--train", "--scan", dest="train", action="append", required=True,
+                   help="training scan file (any supported format, or a ptychodus directory: "
+                   "diffraction.h5 + product.h5); repeat it to train on several scans with "
+                   "different probes (needs model.probe_input=true)")
     t.add_argument("-o", "--output", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt "
                    "(metrics.csv keeps its rows)")

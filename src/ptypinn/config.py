@@ -268,6 +268,14 @@ class ModelConfig:
         rescaled to the start power, is the network's starting probe.  The network's own
         gradient moves a badly wrong probe little (measured, docs/benchmarks.md), one global
         object does.  0: off.
+    probe_input : bool
+        The probe is a runtime input (``pinn`` only; not with ``learn_probe``): the physics
+        layer and the loss use each batch's own probe, and the generator also sees it as three
+        extra input channels (zero-initialised weights; see
+        :func:`ptypinn.pinn.spectral.probe_features`).  Training may then draw from several
+        scans with different probes (``ptypinn train --scan A --scan B``) and inference uses the
+        scan's probe, not the bundle's.  Default False: the training probe is fixed in the
+        bundle (old bundles behave as before).
     """
 
     kind: Literal["pinn", "baseline"] = "pinn"
@@ -284,6 +292,7 @@ class ModelConfig:
     probe_modes: int | None = None
     probe_learning_rate: float = 1e-3
     probe_start_epochs: int = 50
+    probe_input: bool = False
 
     def __post_init__(self) -> None:
         s = "model"
@@ -304,6 +313,9 @@ class ModelConfig:
         require(self.poisson_eps >= 1e-12, f"{s}.poisson_eps", ">= 1e-12", self.poisson_eps)
         require(not self.learn_probe or self.kind == "pinn", f"{s}.learn_probe",
                 "false for kind 'baseline' (only the PINN learns a probe)", self.learn_probe)
+        require(not self.probe_input or (self.kind == "pinn" and not self.learn_probe),
+                f"{s}.probe_input", "false for kind 'baseline' or with learn_probe",
+                self.probe_input)
         require(self.probe_modes is None or 1 <= self.probe_modes <= 8, f"{s}.probe_modes",
                 "None or in [1, 8]", self.probe_modes)
         require(math.isfinite(self.probe_learning_rate) and self.probe_learning_rate > 0,

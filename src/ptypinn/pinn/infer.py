@@ -127,7 +127,8 @@ def bundle_beam_power(bundle: Bundle) -> float:
 def bundle_mismatch(bundle: Bundle, scan: ScanData,
                     tolerance: dict[str, float] = MISMATCH_TOLERANCE) -> list[str]:
     """Reasons why ``bundle`` may not fit ``scan`` (its beam or flux), one line each; empty when
-    it fits within ``tolerance`` (:data:`MISMATCH_TOLERANCE`).
+    it fits within ``tolerance`` (:data:`MISMATCH_TOLERANCE`).  A probe-conditioned bundle
+    (``model.probe_input``) is not checked for the probe's shape (only its power and the flux).
 
     Parameters
     ----------
@@ -138,10 +139,13 @@ def bundle_mismatch(bundle: Bundle, scan: ScanData,
     p_train = bundle.model.probe.detach().cpu().numpy()
     p_scan = scan.probe_modes
     power_train, power_scan = probe_power(p_train), probe_power(p_scan)
-    if abs(power_scan / power_train - 1) > tolerance["probe_power"]:
+    probe_input = getattr(bundle.config.model, "probe_input", False)
+    if not probe_input and abs(power_scan / power_train - 1) > tolerance["probe_power"]:
         out.append(f"probe power {power_scan:.4g} photons differs from the training probe's "
                    f"{power_train:.4g} by more than {tolerance['probe_power']:.0%}")
-    if p_train.shape == p_scan.shape:
+    if probe_input:
+        pass  # the probe is an input of this bundle: another probe is expected
+    elif p_train.shape == p_scan.shape:
         overlap = abs(np.vdot(p_train, p_scan)) / math.sqrt(power_train * power_scan)
         if overlap < tolerance["probe_correlation"]:
             out.append(f"probe shape differs from the training probe's (normalized overlap "
@@ -271,6 +275,10 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
     ``progress`` shows a progress bar of the patterns on stderr (the command line turns it on
     only on a terminal).
 
+    A probe-conditioned bundle (``model.probe_input``) runs with the scan's probe (in photon
+    units, after :func:`prepare_scan`) in its physics layer and probe channels; any other bundle
+    with its training probe.
+
     The network runs once per pattern.  With ``cfg.phase_sync`` the central crops of the seed
     patches (``(n, crop_px, crop_px)`` complex64) and the whole patches of the patterns on the
     rim of the covered region are kept for the synchronized stitch; ``allocate(shape, dtype)``
@@ -308,6 +316,9 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
     if not 1 <= crop <= n:
         raise ValueError(f"infer.crop_px: expected in [1, {n}] (the pattern size), got {crop}")
     cs = crop_start_px(n, crop)
+    # a probe-conditioned bundle (model.probe_input) runs with this scan's probe, not its own
+    run_probe = (torch.from_numpy(np.asarray(scan.probe_modes, dtype=np.complex64)).to(device)
+                 if getattr(bundle.config.model, "probe_input", False) else None)
     groups = group_patterns(scan.positions_px, dataclasses.replace(
         bundle.config.grouping, n_groups=None, allow_oversampling=False))
     indices = np.asarray(groups.indices, dtype=np.int64)
@@ -328,7 +339,8 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
         if bad is not None:
             batch = batch.masked_fill(bad, 0.0)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision):
-            patches = model(batch, offsets[rows].to(device))
+            patches = (model(batch, offsets[rows].to(device)) if run_probe is None else
+                       model(batch, offsets[rows].to(device), run_probe))
         return patches[:, 0].to(torch.complex64)
 
     def stitchers() -> tuple[Stitcher, Stitcher]:

@@ -11,9 +11,11 @@ PINN forward pass (one group of C patterns, SPEC §5)::
       --> I_c = exp(t) * sum_k |F(P_k O_c)|^2                      (predicted counts)
       --> Poisson NLL against the measured counts
 
-The probe ``P`` is a fixed buffer, or with ``model.learn_probe`` a trained parameter (modes
-kept orthogonal and the total power fixed by :meth:`PINN.constrain_probe` after every step; the
-generator's physics layer is fed the current probe; see docs/conventions.md, "Probe learning").
+With ``model.probe_input`` the probe is a runtime input (each batch's or scan's own probe; the
+buffer is only the default).  Otherwise ``P`` is a fixed buffer, or with ``model.learn_probe`` a
+trained parameter (modes kept orthogonal and the total power fixed by
+:meth:`PINN.constrain_probe` after every step; the generator's physics layer is fed the current
+probe; see docs/conventions.md, "Probe learning").
 
 ``t`` is the log of an optional trainable intensity correction (0 and frozen by default: the probe
 is in photon units, see ``data``).  The reported loss is
@@ -197,11 +199,29 @@ class PINN(_PatchModel):
             torch.zeros(()), requires_grad=cfg.trainable_intensity_scale
         )
 
-    def forward(self, counts: torch.Tensor, offsets_px: torch.Tensor) -> torch.Tensor:
+    @property
+    def probe_input(self) -> bool:
+        """Whether the probe is a runtime input (``model.probe_input``)."""
+        return bool(getattr(self.cfg, "probe_input", False))
+
+    def forward(self, counts: torch.Tensor, offsets_px: torch.Tensor,
+                probe: torch.Tensor | None = None) -> torch.Tensor:
         """Object patches ``(B, C, H, W)`` complex from counts ``(B, C, H, W)``, after the overlap
         constraint when C > 1.  A learned probe feeds the generator's physics layer at every
-        call (so the layer always matches it, in training and after loading)."""
-        if self.learns_probe:
+        call (so the layer always matches it, in training and after loading).
+
+        ``probe``: complex ``(N, N)`` or ``(M, N, N)`` in photon units, the probe of these
+        patterns (``model.probe_input`` only; None: the bundle's probe).  It feeds the physics
+        layer, the generator's probe channels and the merge window.
+        """
+        if probe is not None and not self.probe_input:
+            raise ValueError("probe: a runtime probe needs model.probe_input=true (this model's "
+                             "probe is fixed)")
+        if self.probe_input:
+            probe = self.probe if probe is None else probe.to(self.probe.device)
+            patches = self.generator(counts, probe=probe)
+            window = merge_window(probe) if probe is not self.probe else self.window
+        elif self.learns_probe:
             patches = self.generator(counts, probe=self.probe)
             window = merge_window(self.probe.detach())
         else:
@@ -224,24 +244,32 @@ class PINN(_PatchModel):
             p = p * torch.sqrt(self.probe_power / power).to(p.real.dtype)
         self.probe.copy_(p)
 
-    def predicted_counts(self, patches: torch.Tensor) -> torch.Tensor:
-        """Expected counts ``(B, C, H, W)`` of object patches under this model's probe."""
-        return physics.predicted_intensity(self.probe, patches) * self.log_intensity_scale.exp()
+    def predicted_counts(self, patches: torch.Tensor, probe: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """Expected counts ``(B, C, H, W)`` of object patches under ``probe`` (complex ``(N, N)``
+        or ``(M, N, N)``, photon units; None: this model's probe)."""
+        probe = self.probe if probe is None else probe
+        return physics.predicted_intensity(probe, patches) * self.log_intensity_scale.exp()
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Poisson NLL per pixel (minus the saturated model's) averaged over patterns, + TV.
 
         ``batch``: ``counts`` ``(B, C, H, W)`` (bad pixels already zeroed), ``offsets_px``, and
         optionally ``bad_pixels`` bool ``(B, H, W)`` (one scan's mask, the same in every item):
-        those pixels are left out of the likelihood.
+        those pixels are left out of the likelihood; and with ``model.probe_input`` optionally
+        ``probe`` complex ``(B, M, N, N)`` (one scan's probe in photon units, the same in every
+        item: a batch holds one scan) for the generator and the predicted counts.
         """
         counts = batch["counts"]
         bad = batch.get("bad_pixels")
         if bad is not None:
             bad = bad.reshape(-1, *bad.shape[-2:])[0]
             counts = counts.masked_fill(bad, 0.0)
-        patches = self(counts, batch["offsets_px"])
-        pred = self.predicted_counts(patches)
+        probe = batch.get("probe")
+        if probe is not None:
+            probe = probe.reshape(-1, *probe.shape[-3:])[0]
+        patches = self(counts, batch["offsets_px"], probe)
+        pred = self.predicted_counts(patches, probe)
         data_term = physics.excess_nll_per_pixel(pred, counts, self.cfg.poisson_eps,
                                                  bad).mean().float()
         logs = {"nll": data_term.detach()}
@@ -291,6 +319,7 @@ def build_model(cfg: ModelConfig, probe: torch.Tensor, group_size: int) -> nn.Mo
     probe = torch.as_tensor(probe)
     amplitude_max = AMPLITUDE_MAX_FLOOR if cfg.amplitude_max is None else cfg.amplitude_max
     gen = build_generator(cfg.generator, group_size, cfg.width, cfg.depth, amplitude_max, probe,
-                          spectral_modes=cfg.spectral_modes, spectral_blocks=cfg.spectral_blocks)
+                          spectral_modes=cfg.spectral_modes, spectral_blocks=cfg.spectral_blocks,
+                          probe_input=cfg.probe_input)
     cls = PINN if cfg.kind == "pinn" else SupervisedBaseline
     return cls(gen, probe, cfg)

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from ptypinn import physics
-from ptypinn.pinn.spectral import SpectralResNetGenerator, residual_head
+from ptypinn.pinn.spectral import (PROBE_FEATURES, SpectralResNetGenerator, add_probe_channels,
+                                   probe_features, residual_head)
 
 __all__ = ["BackPropagation", "UNetGenerator", "build_generator"]
 
@@ -134,9 +135,16 @@ class UNetGenerator(nn.Module):
         Number of down-sampling levels (N must be divisible by ``2**depth``).
     amplitude_max : float
         Upper bound of the output amplitude.
+    probe_input : bool
+        Condition on the probe (``model.probe_input``): the first convolution takes
+        :data:`~ptypinn.pinn.spectral.PROBE_FEATURES` more channels
+        (:func:`~ptypinn.pinn.spectral.probe_features` of the probe given to :meth:`forward`,
+        which is then required), with zero-initialised weights, so that at initialisation the
+        output is still the physics estimate.
     """
 
-    def __init__(self, members: int, probe: torch.Tensor, width: int = 32, depth: int = 3, amplitude_max: float = 1.5):
+    def __init__(self, members: int, probe: torch.Tensor, width: int = 32, depth: int = 3,
+                 amplitude_max: float = 1.5, probe_input: bool = False):
         super().__init__()
         self.members = members
         self.depth = depth
@@ -144,6 +152,9 @@ class UNetGenerator(nn.Module):
         self.backprop = BackPropagation(probe)
         chans = [width * 2**k for k in range(depth + 1)]
         self.stem = _block(2 * members, chans[0])
+        self.probe_input = bool(probe_input)
+        if self.probe_input:
+            self.stem[0] = add_probe_channels(self.stem[0], PROBE_FEATURES)
         self.down = nn.ModuleList(
             nn.Sequential(nn.MaxPool2d(2), _block(chans[k], chans[k + 1])) for k in range(depth)
         )
@@ -174,6 +185,10 @@ class UNetGenerator(nn.Module):
                              f"{tuple(counts.shape[-2:])}")
         o0 = self.backprop(counts, probe)
         x = torch.cat([o0.real, o0.imag], dim=1)
+        if self.probe_input:
+            if probe is None:
+                raise ValueError("probe: expected the runtime probe (model.probe_input), got None")
+            x = torch.cat([x, probe_features(probe, x.shape[0]).to(x.device)], dim=1)
         skips = [self.stem(x)]
         for down in self.down:
             skips.append(down(skips[-1]))
@@ -185,18 +200,19 @@ class UNetGenerator(nn.Module):
 
 def build_generator(kind: str, members: int, width: int, depth: int, amplitude_max: float,
                     probe: torch.Tensor, spectral_modes: int = 16,
-                    spectral_blocks: int = 2) -> nn.Module:
+                    spectral_blocks: int = 2, probe_input: bool = False) -> nn.Module:
     """Factory for generators by config name (``model.generator``).
 
     ``unet``: :class:`UNetGenerator`; ``spectral``:
     :class:`ptypinn.pinn.spectral.SpectralResNetGenerator` (with ``spectral_modes`` and
-    ``spectral_blocks``) on the same physics layer.
+    ``spectral_blocks``) on the same physics layer.  ``probe_input``: either generator
+    conditioned on the runtime probe (``model.probe_input``).
     """
     if kind == "unet":
         return UNetGenerator(members, probe, width=width, depth=depth,
-                             amplitude_max=amplitude_max)
+                             amplitude_max=amplitude_max, probe_input=probe_input)
     if kind == "spectral":
         return SpectralResNetGenerator(members, BackPropagation(probe), width=width, depth=depth,
                                        amplitude_max=amplitude_max, modes=spectral_modes,
-                                       blocks=spectral_blocks)
+                                       blocks=spectral_blocks, probe_input=probe_input)
     raise ValueError(f"model.generator: expected 'unet' or 'spectral', got {kind!r}")

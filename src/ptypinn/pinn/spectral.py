@@ -36,8 +36,49 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ptypinn import physics
+
 __all__ = ["SpectralConv2d", "SpectralBlock", "SpectralResNetGenerator", "residual_head",
-           "RATIO_CLAMP"]
+           "RATIO_CLAMP", "PROBE_FEATURES", "probe_features", "add_probe_channels"]
+
+PROBE_FEATURES = 3
+"""Input channels :func:`probe_features` adds to a probe-conditioned generator
+(``model.probe_input``)."""
+
+
+def probe_features(probe: torch.Tensor, batch: int) -> torch.Tensor:
+    """The probe as generator input channels, ``(batch, 3, N, N)`` float32.
+
+    Channels: ``sqrt(I) / max sqrt(I)`` with ``I = sum_k |P_k|^2`` (the total intensity's
+    amplitude), then ``Re`` and ``Im`` of the strongest mode ``P_0 / max |P_0|``.  All are
+    dimensionless in ``[-1, 1]``, independent of the probe's photon scale.
+
+    Parameters
+    ----------
+    probe : complex ``(N, N)`` or ``(M, N, N)``; the strongest mode is the one of largest power.
+    batch : int, B, the batch the channels are repeated over.
+    """
+    modes = physics.probe_modes(probe).to(torch.complex64)
+    power = modes.abs().square().sum(dim=(-2, -1))
+    strongest = modes[int(torch.argmax(power.detach()))]
+    amp = modes.abs().square().sum(0).sqrt()
+    amp = amp / amp.max().clamp_min(1e-30)
+    p0 = strongest / strongest.abs().max().clamp_min(1e-30)
+    feats = torch.stack([amp, p0.real, p0.imag]).float()
+    return feats.unsqueeze(0).expand(batch, -1, -1, -1)
+
+
+def add_probe_channels(conv: nn.Conv2d, extra: int) -> nn.Conv2d:
+    """A copy of ``conv`` with ``extra`` more input channels whose weights are zero (so the
+    output is unchanged at initialisation whatever those channels hold)."""
+    new = nn.Conv2d(conv.in_channels + extra, conv.out_channels, conv.kernel_size,
+                    stride=conv.stride, padding=conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :conv.in_channels] = conv.weight
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
 
 RATIO_CLAMP = (0.02, 0.98)
 """Clamp of ``|O0| / amplitude_max`` before the logit of the residual head (a finite start); the
@@ -149,10 +190,15 @@ class SpectralResNetGenerator(nn.Module):
         Fourier modes kept per axis by every spectral convolution (clipped to each level's size).
     blocks : int
         Spectral blocks at the bottleneck (>= 0).
+    probe_input : bool
+        Condition on the probe: the stem takes :data:`PROBE_FEATURES` more channels
+        (:func:`probe_features` of the probe given to :meth:`forward`, which is then required),
+        with zero-initialised weights.
     """
 
     def __init__(self, members: int, backprop: nn.Module, width: int = 32, depth: int = 3,
-                 amplitude_max: float = 1.5, modes: int = 16, blocks: int = 2):
+                 amplitude_max: float = 1.5, modes: int = 16, blocks: int = 2,
+                 probe_input: bool = False):
         super().__init__()
         n = int(backprop.kernel.shape[-1])
         if n % 2**depth:
@@ -166,6 +212,9 @@ class SpectralResNetGenerator(nn.Module):
         sizes = [n // 2**k for k in range(depth + 1)]
         self.stem = nn.Sequential(_conv_block(2 * members, chans[0]),
                                   SpectralBlock(chans[0], sizes[0], modes))
+        self.probe_input = bool(probe_input)
+        if self.probe_input:
+            self.stem[0][0] = add_probe_channels(self.stem[0][0], PROBE_FEATURES)
         self.down = nn.ModuleList(
             nn.Sequential(nn.Conv2d(chans[k], chans[k + 1], 3, stride=2, padding=1),
                           nn.GroupNorm(min(8, chans[k + 1]), chans[k + 1]), nn.GELU(),
@@ -198,6 +247,10 @@ class SpectralResNetGenerator(nn.Module):
                              f"{tuple(counts.shape[-2:])}")
         o0 = self.backprop(counts, probe)
         x = torch.cat([o0.real, o0.imag], dim=1)
+        if self.probe_input:
+            if probe is None:
+                raise ValueError("probe: expected the runtime probe (model.probe_input), got None")
+            x = torch.cat([x, probe_features(probe, x.shape[0]).to(x.device)], dim=1)
         skips = [self.stem(x)]
         for down in self.down:
             skips.append(down(skips[-1]))

@@ -25,12 +25,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from ptypinn import io, physics
 from ptypinn.config import Config, RefineConfig
@@ -43,7 +43,8 @@ from ptypinn.refinement import refine
 
 __all__ = ["TrainingDiverged", "TrainingCollapsed", "amplitude_collapse_stats", "GroupDataset",
            "LitPtycho", "TrainResult", "train_model", "split_groups", "check_training",
-           "DIVERGENCE_FACTOR", "start_probe", "BEST_CHECKPOINT", "load_best_weights"]
+           "DIVERGENCE_FACTOR", "start_probe", "BEST_CHECKPOINT", "load_best_weights",
+           "ScanBatchSampler"]
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,13 @@ class GroupDataset(Dataset):
 
     Items are dicts: ``counts`` (C,H,W) float32 with the scan's bad pixels zeroed (the network
     input), ``offsets_px`` (C,2) float32, ``bad_pixels`` (H,W) bool when the scan has a mask (the
-    loss leaves those pixels out), and ``truth`` (C,H,W) complex64 when ``with_truth``.
+    loss leaves those pixels out), ``truth`` (C,H,W) complex64 when ``with_truth``, and
+    ``probe`` (M,H,W) complex64 (the scan's probe modes, photon units) when ``with_probe``
+    (``model.probe_input``).
     """
 
-    def __init__(self, scan: ScanData, groups: Groups, with_truth: bool = False):
+    def __init__(self, scan: ScanData, groups: Groups, with_truth: bool = False,
+                 with_probe: bool = False):
         if with_truth and scan.object_true is None:
             raise ValueError("model.kind='baseline': expected a scan with object_true (ground "
                              "truth; simulation only), got a scan without it")
@@ -71,6 +75,8 @@ class GroupDataset(Dataset):
         self.positions = torch.from_numpy(scan.positions_px)
         self.bad = (torch.from_numpy(scan.bad_pixels)
                     if scan.bad_pixels is not None and scan.bad_pixels.any() else None)
+        self.probe = (torch.from_numpy(np.asarray(scan.probe_modes, dtype=np.complex64))
+                      if with_probe else None)
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -81,10 +87,53 @@ class GroupDataset(Dataset):
         if self.bad is not None:
             item["counts"] = item["counts"].masked_fill(self.bad, 0.0)
             item["bad_pixels"] = self.bad
+        if self.probe is not None:
+            item["probe"] = self.probe
         if self.obj is not None:
             item["truth"] = physics.extract_patches(self.obj[None], self.positions[idx][None],
                                                     self.size)[0]
         return item
+
+
+class ScanBatchSampler(Sampler[list[int]]):
+    """Batches of a :class:`~torch.utils.data.ConcatDataset` of several scans' groups, each
+    batch from one scan only (so one probe and one bad-pixel mask per batch, as
+    :meth:`ptypinn.pinn.models.PINN.loss` expects).
+
+    Every epoch the groups of each scan are shuffled (with ``shuffle``), cut into batches of
+    ``batch_size`` (the last of a scan may be smaller), and the batches of all scans are
+    shuffled together, from a generator seeded with ``seed`` (reproducible).
+
+    Parameters
+    ----------
+    lengths : the number of groups of each scan, in the ConcatDataset's order.
+    batch_size : int, groups per batch.
+    shuffle : bool
+    seed : int
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0):
+        self.lengths = [int(n) for n in lengths]
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def _batches(self) -> list[list[int]]:
+        out, start = [], 0
+        for n in self.lengths:
+            order = (torch.randperm(n, generator=self.generator) if self.shuffle
+                     else torch.arange(n)) + start
+            out += [order[i:i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+            start += n
+        if self.shuffle:
+            out = [out[i] for i in torch.randperm(len(out), generator=self.generator).tolist()]
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return sum(math.ceil(n / self.batch_size) for n in self.lengths)
 
 
 def split_groups(groups: Groups, positions_px: np.ndarray, val_fraction: float
@@ -184,14 +233,21 @@ class LitPtycho(L.LightningModule):
         b = batch["counts"].shape[0]
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=b, sync_dist=True)
         backprop = getattr(getattr(self.model, "generator", None), "backprop", None)
+        core = self.collapse_core
+        probe = batch.get("probe")
+        if probe is not None:  # model.probe_input: this batch's scan's probe
+            probe = probe.reshape(-1, *probe.shape[-3:])[0]
+            i2 = probe.abs().square().sum(0)
+            core = i2 >= 0.5 * i2.max()
         if self.cfg.train.collapse_check and backprop is not None \
-                and self.collapse_core is not None and bool(self.collapse_core.any()):
-            patches = self.model(batch["counts"], batch["offsets_px"])
+                and core is not None and bool(core.any()):
+            patches = (self.model(batch["counts"], batch["offsets_px"]) if probe is None else
+                       self.model(batch["counts"], batch["offsets_px"], probe))
             # the physics estimate under the model's current probe (a learned one included)
-            o0 = backprop(batch["counts"], self.model.probe if getattr(
-                self.model, "learns_probe", False) else None)
-            spread, spread0, corr = amplitude_collapse_stats(patches.abs(), o0.abs(),
-                                                             self.collapse_core)
+            if probe is None and getattr(self.model, "learns_probe", False):
+                probe = self.model.probe
+            o0 = backprop(batch["counts"], probe)
+            spread, spread0, corr = amplitude_collapse_stats(patches.abs(), o0.abs(), core)
             n = spread.numel()
             self.log("val_amp_spread", spread.mean().float(), on_epoch=True, batch_size=n,
                      sync_dist=True)
@@ -342,18 +398,43 @@ def load_best_weights(path: str | os.PathLike) -> dict[str, torch.Tensor] | None
     return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
 
 
-def check_training(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
-                   resume: bool = False) -> None:
+def _scan_list(scan: ScanData | Sequence[ScanData]) -> list[ScanData]:
+    return [scan] if isinstance(scan, ScanData) else list(scan)
+
+
+def check_training(cfg: Config, scan: ScanData | Sequence[ScanData],
+                   out_dir: str | os.PathLike, resume: bool = False) -> None:
     """Every check :func:`train_model` makes before training, without writing anything.
+
+    ``scan``: one scan, or several (``model.probe_input`` only), each checked.
 
     Raises
     ------
     ValueError
         A baseline without ground truth, a probe estimated from the data (a file without
         probe) that is not learned, fewer patterns than a group, an unavailable
-        accelerator, or (``resume``) a missing, unreadable or mismatched
-        ``out_dir/checkpoints/last.ckpt``.
+        accelerator, several scans without ``model.probe_input`` (or of different pattern
+        sizes, or with more than one device), or (``resume``) a missing, unreadable or
+        mismatched ``out_dir/checkpoints/last.ckpt``.
     """
+    scans = _scan_list(scan)
+    if not scans:
+        raise ValueError("scan: expected at least one training scan, got none")
+    if len(scans) > 1:
+        if not cfg.model.probe_input:
+            raise ValueError(f"scan: expected one training scan, got {len(scans)}; training on "
+                             "several scans (several probes) needs model.probe_input=true")
+        sizes = sorted({s.pattern_size for s in scans})
+        if len(sizes) > 1:
+            raise ValueError(f"scan: expected one pattern size for all training scans, got "
+                             f"{sizes}")
+        if cfg.train.devices * cfg.train.num_nodes > 1:
+            raise ValueError("train.devices: expected 1 device when training on several scans, "
+                             f"got {cfg.train.devices * cfg.train.num_nodes} (not supported yet)")
+        for i, s in enumerate(scans):
+            check_training(cfg, s, out_dir, resume and i == 0)
+        return
+    scan = scans[0]
     if cfg.model.kind == "baseline" and scan.object_true is None:
         raise ValueError("model.kind='baseline' needs ground truth (object_true): the scan has "
                          "none; use model.kind=pinn for measured data")
@@ -407,19 +488,23 @@ def start_probe(cfg: Config, scan: ScanData) -> tuple[ScanData, dict[str, Any]]:
     return scan.replace(probe=probe.astype(np.complex64)), summary
 
 
-def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
+def train_model(cfg: Config, scan: ScanData | Sequence[ScanData], out_dir: str | os.PathLike,
                 resume: bool = False) -> TrainResult:
-    """Train a PINN or baseline on one (training) scan; return the bundle, also written to
-    ``out_dir/bundle``.
+    """Train a PINN or baseline on one (training) scan, or on several with
+    ``model.probe_input``; return the bundle, also written to ``out_dir/bundle``.
 
     Parameters
     ----------
     cfg : Config
         Uses ``grouping``, ``model`` and ``train``.
-    scan : ScanData
-        The training split.  Brought to photon units first by
+    scan : ScanData or sequence of ScanData
+        The training split(s).  Each is brought to photon units first by
         :func:`ptypinn.data.to_photon_units` (rule ``auto``: unchanged when
-        ``meta['probe_calibrated']``, else ``bright-free-space``); the bundle keeps that probe.
+        ``meta['probe_calibrated']``, else ``bright-free-space``); the bundle keeps the (first
+        scan's) probe.  Several scans (``model.probe_input`` only; one pattern size, one
+        device): groups are formed and split per scan, and every batch holds groups of one scan
+        (:class:`ScanBatchSampler`), so it carries one probe and one bad-pixel mask;
+        ``model.amplitude_max`` None is the largest of the scans' derived caps.
     out_dir : path
         Run directory: ``checkpoints/``, ``logs/metrics.csv``, ``bundle/``.
     resume : bool
@@ -432,25 +517,42 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
 
     out_dir = Path(out_dir)
     with_truth = cfg.model.kind == "baseline"
+    with_probe = cfg.model.probe_input
     check_training(cfg, scan, out_dir, resume)
-    scan = to_photon_units(scan)
+    scans = [to_photon_units(s) for s in _scan_list(scan)]
     probe_start: dict[str, Any] = {}
     if cfg.model.learn_probe:
-        scan, probe_start = start_probe(cfg, scan)
+        scans[0], probe_start = start_probe(cfg, scans[0])
     if cfg.model.amplitude_max is None:
-        cap = derive_amplitude_max(scan.probe, scan.counts, scan.bad_pixels)
+        cap = max(derive_amplitude_max(s.probe, s.counts, s.bad_pixels) for s in scans)
         log.info("model.amplitude_max from the data: %.4g", cap)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, amplitude_max=cap))
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    groups = group_patterns(scan.positions_px, cfg.grouping)
-    train_groups, val_groups = split_groups(groups, scan.positions_px, cfg.train.val_fraction)
+    splits = [split_groups(group_patterns(s.positions_px, cfg.grouping), s.positions_px,
+                           cfg.train.val_fraction) for s in scans]
+    scan = scans[0]
     model = build_model(cfg.model, torch.from_numpy(scan.probe), cfg.grouping.group_size)
     lit = LitPtycho(model, cfg)
 
-    train_dl = _loader(GroupDataset(scan, train_groups, with_truth),
-                       cfg.train.batch_size, shuffle=True)
-    val_dl = (_loader(GroupDataset(scan, val_groups, with_truth),
-                      cfg.train.batch_size, shuffle=False) if val_groups is not None else None)
+    train_sets = [GroupDataset(s, tg, with_truth, with_probe) for s, (tg, _) in zip(scans, splits)]
+    val_sets = [GroupDataset(s, vg, with_truth, with_probe)
+                for s, (_, vg) in zip(scans, splits) if vg is not None]
+    n_train = sum(len(d) for d in train_sets)
+    n_val = sum(len(d) for d in val_sets)
+    if len(scans) == 1:
+        train_dl = _loader(train_sets[0], cfg.train.batch_size, shuffle=True)
+        val_dl = (_loader(val_sets[0], cfg.train.batch_size, shuffle=False)
+                  if val_sets else None)
+    else:
+        # one scan per batch: one probe and one bad-pixel mask per batch (see PINN.loss)
+        train_dl = DataLoader(ConcatDataset(train_sets), num_workers=0, batch_sampler=(
+            ScanBatchSampler([len(d) for d in train_sets], cfg.train.batch_size, True,
+                             cfg.train.seed)))
+        val_dl = (DataLoader(ConcatDataset(val_sets), num_workers=0, batch_sampler=(
+            ScanBatchSampler([len(d) for d in val_sets], cfg.train.batch_size, False)))
+            if val_sets else None)
+        log.info("training on %d scans (%s groups), one scan per batch", len(scans),
+                 "+".join(str(len(d)) for d in train_sets))
     ckpt_dir = out_dir / "checkpoints"
     # With validation, one checkpoint callback keeps the best validation weights in
     # checkpoints/best.ckpt and then writes last.ckpt with the record of that score, so a
@@ -506,7 +608,7 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
     elif lit.best_state is not None:
         model.load_state_dict(lit.best_state)
     epochs_run = int(trainer.current_epoch)
-    n_samples = len(train_dl.dataset) * max(epochs_run, 1)  # type: ignore[arg-type]
+    n_samples = n_train * max(epochs_run, 1)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     model = model.cpu()
     fields = dict(
@@ -514,15 +616,20 @@ def train_model(cfg: Config, scan: ScanData, out_dir: str | os.PathLike,
         epochs_run=epochs_run,
         fit_time_s=fit_time,
         samples_per_s=n_samples / fit_time if fit_time > 0 else float("nan"),
-        n_train_groups=train_groups.n_groups,
-        n_val_groups=val_groups.n_groups if val_groups is not None else 0,
+        n_train_groups=n_train,
+        n_val_groups=n_val,
         final_metrics=metrics,
         ranks_identical=lit.ranks_identical,
         is_global_zero=trainer.is_global_zero,
     )
     training = {k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items()}
-    training["photons_per_pattern"] = float(pattern_totals(scan).mean())  # bad pixels filled in
+    # bad pixels filled in; over all training scans
+    training["photons_per_pattern"] = float(np.mean(np.concatenate(
+        [pattern_totals(s) for s in scans])))
     training["probe_power_photons"] = probe_power(scan.probe)
+    if len(scans) > 1:
+        training["scans"] = len(scans)
+        training["probe_powers_photons"] = [probe_power(s.probe) for s in scans]
     training["scale_rule"] = scan.meta.get("scale_rule", "file-units")
     if cfg.model.learn_probe:
         training["probe_learned"] = {**probe_start, "modes": int(model.probe.shape[0])}
