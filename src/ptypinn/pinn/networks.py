@@ -38,7 +38,7 @@ from torch import nn
 
 from ptypinn import physics
 from ptypinn.pinn.spectral import (PROBE_FEATURES, SpectralResNetGenerator, add_probe_channels,
-                                   probe_features, residual_head)
+                                   physics_input, residual_head)
 
 __all__ = ["BackPropagation", "UNetGenerator", "build_generator"]
 
@@ -173,22 +173,10 @@ class UNetGenerator(nn.Module):
         ``probe``: complex ``(N, N)`` or ``(M, N, N)``, optional; the physics layer uses it
         (differentiably: a probe being learned) instead of the one given at construction.
         """
-        if counts.ndim != 4 or counts.shape[1] != self.members:
-            raise ValueError(
-                f"counts: expected shape (B, {self.members}, H, W), got {tuple(counts.shape)}")
         h = counts.shape[-1]
         if h % 2**self.depth:
             raise ValueError(f"pattern size: expected a multiple of {2**self.depth}, got {h}")
-        want = tuple(self.backprop.kernel.shape[-2:])
-        if tuple(counts.shape[-2:]) != want:
-            raise ValueError(f"pattern size: expected {want} (the probe's), got "
-                             f"{tuple(counts.shape[-2:])}")
-        o0 = self.backprop(counts, probe)
-        x = torch.cat([o0.real, o0.imag], dim=1)
-        if self.probe_input:
-            if probe is None:
-                raise ValueError("probe: expected the runtime probe (model.probe_input), got None")
-            x = torch.cat([x, probe_features(probe, x.shape[0]).to(x.device)], dim=1)
+        o0, x = physics_input(self.backprop, counts, probe, self.members, self.probe_input)
         skips = [self.stem(x)]
         for down in self.down:
             skips.append(down(skips[-1]))

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from ptypinn import physics
 
 __all__ = ["SpectralConv2d", "SpectralBlock", "SpectralResNetGenerator", "residual_head",
-           "RATIO_CLAMP", "PROBE_FEATURES", "probe_features", "add_probe_channels"]
+           "physics_input", "RATIO_CLAMP", "PROBE_FEATURES", "probe_features", "add_probe_channels"]
 
 PROBE_FEATURES = 3
 """Input channels :func:`probe_features` adds to a probe-conditioned generator
@@ -83,6 +83,40 @@ def add_probe_channels(conv: nn.Conv2d, extra: int) -> nn.Conv2d:
 RATIO_CLAMP = (0.02, 0.98)
 """Clamp of ``|O0| / amplitude_max`` before the logit of the residual head (a finite start); the
 head of every generator (:func:`residual_head`)."""
+
+
+def physics_input(backprop: nn.Module, counts: torch.Tensor, probe: torch.Tensor | None,
+                  members: int, probe_input: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The physics estimate and the network input of a generator, after checking the counts.
+
+    Parameters
+    ----------
+    backprop : the physics layer (:class:`ptypinn.pinn.networks.BackPropagation`).
+    counts : float ``(B, C, N, N)``, ``C = members``, ``N`` the probe's size.
+    probe : complex ``(N, N)`` or ``(M, N, N)``, optional runtime probe (required when
+        ``probe_input``).
+    members : int, C.
+    probe_input : bool; append :func:`probe_features` to the input channels.
+
+    Returns
+    -------
+    o0 : complex ``(B, C, N, N)``, the physics estimate.
+    x : float ``(B, 2C [+ 3], N, N)``: ``Re O0``, ``Im O0`` [, the probe's features].
+    """
+    n = backprop.kernel.shape[-1]
+    if counts.ndim != 4 or counts.shape[1] != members:
+        raise ValueError(
+            f"counts: expected shape (B, {members}, H, W), got {tuple(counts.shape)}")
+    if tuple(counts.shape[-2:]) != (n, n):
+        raise ValueError(f"pattern size: expected {(n, n)} (the probe's), got "
+                         f"{tuple(counts.shape[-2:])}")
+    o0 = backprop(counts, probe)
+    x = torch.cat([o0.real, o0.imag], dim=1)
+    if probe_input:
+        if probe is None:
+            raise ValueError("probe: expected the runtime probe (model.probe_input), got None")
+        x = torch.cat([x, probe_features(probe, x.shape[0]).to(x.device)], dim=1)
+    return o0, x
 
 
 def residual_head(o0: torch.Tensor, out: torch.Tensor, amplitude_max: float) -> torch.Tensor:
@@ -238,19 +272,7 @@ class SpectralResNetGenerator(nn.Module):
         ``probe``: complex ``(N, N)`` or ``(M, N, N)``, optional; the physics layer uses it
         (differentiably: a probe being learned) instead of the one given at construction.
         """
-        n = self.backprop.kernel.shape[-1]
-        if counts.ndim != 4 or counts.shape[1] != self.members:
-            raise ValueError(
-                f"counts: expected shape (B, {self.members}, H, W), got {tuple(counts.shape)}")
-        if tuple(counts.shape[-2:]) != (n, n):
-            raise ValueError(f"pattern size: expected {(n, n)} (the probe's), got "
-                             f"{tuple(counts.shape[-2:])}")
-        o0 = self.backprop(counts, probe)
-        x = torch.cat([o0.real, o0.imag], dim=1)
-        if self.probe_input:
-            if probe is None:
-                raise ValueError("probe: expected the runtime probe (model.probe_input), got None")
-            x = torch.cat([x, probe_features(probe, x.shape[0]).to(x.device)], dim=1)
+        o0, x = physics_input(self.backprop, counts, probe, self.members, self.probe_input)
         skips = [self.stem(x)]
         for down in self.down:
             skips.append(down(skips[-1]))
