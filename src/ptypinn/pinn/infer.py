@@ -139,20 +139,19 @@ def bundle_mismatch(bundle: Bundle, scan: ScanData,
     p_train = bundle.model.probe.detach().cpu().numpy()
     p_scan = scan.probe_modes
     power_train, power_scan = probe_power(p_train), probe_power(p_scan)
-    probe_input = getattr(bundle.config.model, "probe_input", False)
-    if not probe_input and abs(power_scan / power_train - 1) > tolerance["probe_power"]:
-        out.append(f"probe power {power_scan:.4g} photons differs from the training probe's "
-                   f"{power_train:.4g} by more than {tolerance['probe_power']:.0%}")
-    if probe_input:
-        pass  # the probe is an input of this bundle: another probe is expected
-    elif p_train.shape == p_scan.shape:
-        overlap = abs(np.vdot(p_train, p_scan)) / math.sqrt(power_train * power_scan)
-        if overlap < tolerance["probe_correlation"]:
-            out.append(f"probe shape differs from the training probe's (normalized overlap "
-                       f"{overlap:.3f} < {tolerance['probe_correlation']})")
-    else:
-        out.append(f"probe shape {p_scan.shape} differs from the training probe's "
-                   f"{p_train.shape}")
+    # a probe-conditioned bundle (model.probe_input) expects another probe: only the flux counts
+    if not bundle.config.model.probe_input:
+        if abs(power_scan / power_train - 1) > tolerance["probe_power"]:
+            out.append(f"probe power {power_scan:.4g} photons differs from the training probe's "
+                       f"{power_train:.4g} by more than {tolerance['probe_power']:.0%}")
+        if p_train.shape == p_scan.shape:
+            overlap = abs(np.vdot(p_train, p_scan)) / math.sqrt(power_train * power_scan)
+            if overlap < tolerance["probe_correlation"]:
+                out.append(f"probe shape differs from the training probe's (normalized overlap "
+                           f"{overlap:.3f} < {tolerance['probe_correlation']})")
+        else:
+            out.append(f"probe shape {p_scan.shape} differs from the training probe's "
+                       f"{p_train.shape}")
     trained = bundle.manifest.get("training", {}).get("photons_per_pattern")
     if trained:
         photons = float(pattern_totals(scan).mean())
@@ -318,7 +317,7 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
     cs = crop_start_px(n, crop)
     # a probe-conditioned bundle (model.probe_input) runs with this scan's probe, not its own
     run_probe = (torch.from_numpy(np.asarray(scan.probe_modes, dtype=np.complex64)).to(device)
-                 if getattr(bundle.config.model, "probe_input", False) else None)
+                 if bundle.config.model.probe_input else None)
     groups = group_patterns(scan.positions_px, dataclasses.replace(
         bundle.config.grouping, n_groups=None, allow_oversampling=False))
     indices = np.asarray(groups.indices, dtype=np.int64)

@@ -202,7 +202,7 @@ class PINN(_PatchModel):
     @property
     def probe_input(self) -> bool:
         """Whether the probe is a runtime input (``model.probe_input``)."""
-        return bool(getattr(self.cfg, "probe_input", False))
+        return self.cfg.probe_input
 
     def forward(self, counts: torch.Tensor, offsets_px: torch.Tensor,
                 probe: torch.Tensor | None = None) -> torch.Tensor:
