@@ -29,8 +29,9 @@ class _PhaseJitter(nn.Module):
         key = counts[:, 0].double().sqrt().mean(dim=(-2, -1))
         return amplitude_rad * torch.sin(1e4 * key).float()
 
-    def forward(self, counts: torch.Tensor, offsets_px: torch.Tensor) -> torch.Tensor:
-        out = self.model(counts, offsets_px)
+    def forward(self, counts: torch.Tensor, offsets_px: torch.Tensor,
+                seed_only: bool = False) -> torch.Tensor:
+        out = self.model(counts, offsets_px, seed_only=seed_only)
         rot = torch.polar(torch.ones(out.shape[0]), self.offsets(counts, self.amplitude_rad))
         return out * rot[:, None, None, None]
 

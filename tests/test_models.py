@@ -28,6 +28,22 @@ def test_overlap_constraint_averages_inconsistent_members():
     assert torch.allclose(out, torch.ones_like(out), atol=1e-5)
 
 
+def test_seed_only_forward_is_the_first_member_of_the_full_forward(tiny_pair):
+    """Inference re-extracts only the seed's patch; the merge still uses every member."""
+    train, _ = tiny_pair
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=8, depth=2), torch.from_numpy(train.probe), 4)
+    torch.nn.init.normal_(model.generator.head.weight, std=0.05)  # members that disagree
+    counts = torch.from_numpy(np.stack([train.counts[i:i + 4] for i in (0, 4)])).float()
+    offsets = torch.tensor([[[-2.0, -2.0], [-2.0, 2.5], [2.0, -2.0], [2.0, 2.5]]]).expand(2, 4, 2)
+    with torch.no_grad():
+        full = model(counts, offsets)
+        seed = model(counts, offsets, seed_only=True)
+    assert seed.shape == (2, 1) + full.shape[2:]
+    torch.testing.assert_close(seed[:, 0], full[:, 0])
+    assert not torch.allclose(full[:, 0], full[:, 1])
+
+
 def test_pinn_loss_prefers_truth_and_is_near_half_per_pixel(tiny_pair):
     train, _ = tiny_pair
     probe = torch.from_numpy(train.probe)

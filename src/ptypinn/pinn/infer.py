@@ -338,8 +338,9 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
         if bad is not None:
             batch = batch.masked_fill(bad, 0.0)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision):
-            patches = (model(batch, offsets[rows].to(device)) if run_probe is None else
-                       model(batch, offsets[rows].to(device), run_probe))
+            patches = (model(batch, offsets[rows].to(device), seed_only=True)
+                       if run_probe is None else
+                       model(batch, offsets[rows].to(device), run_probe, seed_only=True))
         return patches[:, 0].to(torch.complex64)
 
     def stitchers() -> tuple[Stitcher, Stitcher]:

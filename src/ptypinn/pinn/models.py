@@ -83,7 +83,8 @@ def merge_window(probe: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
 
 
 def overlap_constraint(
-    patches: torch.Tensor, offsets_px: torch.Tensor, window: torch.Tensor
+    patches: torch.Tensor, offsets_px: torch.Tensor, window: torch.Tensor,
+    members: int | None = None,
 ) -> torch.Tensor:
     """Merge the C patches of each group into one region and re-extract them.
 
@@ -94,10 +95,13 @@ def overlap_constraint(
         Member centre minus group centroid ``(y, x)`` in pixels.
     window : real ``(N, N)``
         Merge weights, identical in numerator and denominator.
+    members : int, optional
+        Re-extract only the first ``members`` members (inference needs only the seed's patch:
+        the merge still uses all C); None: all.
 
     Returns
     -------
-    complex ``(B, C, N, N)``: each member's view of the merged region.
+    complex ``(B, C', N, N)``: each member's view of the merged region (``C' = members`` or C).
     """
     n = patches.shape[-1]
     margin = int(math.ceil(float(offsets_px.detach().abs().max()))) + 1
@@ -107,7 +111,7 @@ def overlap_constraint(
     num = physics.place_patches(patches * w, pos, (size, size))
     den = physics.place_patches(w, pos, (size, size))
     merged = num / (den + 1e-6)
-    return physics.extract_patches(merged, pos, n)
+    return physics.extract_patches(merged, pos if members is None else pos[:, :members], n)
 
 
 def total_variation(patches: torch.Tensor) -> torch.Tensor:
@@ -205,9 +209,10 @@ class PINN(_PatchModel):
         return self.cfg.probe_input
 
     def forward(self, counts: torch.Tensor, offsets_px: torch.Tensor,
-                probe: torch.Tensor | None = None) -> torch.Tensor:
+                probe: torch.Tensor | None = None, seed_only: bool = False) -> torch.Tensor:
         """Object patches ``(B, C, H, W)`` complex from counts ``(B, C, H, W)``, after the overlap
-        constraint when C > 1.  A learned probe feeds the generator's physics layer at every
+        constraint when C > 1 (``seed_only``: only the first member's, ``(B, 1, H, W)``, what
+        inference stitches; the constraint still merges all C).  A learned probe feeds the generator's physics layer at every
         call (so the layer always matches it, in training and after loading).
 
         ``probe``: complex ``(N, N)`` or ``(M, N, N)`` in photon units, the probe of these
@@ -228,7 +233,7 @@ class PINN(_PatchModel):
             patches = self.generator(counts)
             window = self.window
         if patches.shape[1] > 1:
-            patches = overlap_constraint(patches, offsets_px, window)
+            patches = overlap_constraint(patches, offsets_px, window, 1 if seed_only else None)
         return patches
 
     @torch.no_grad()
@@ -288,8 +293,10 @@ class SupervisedBaseline(_PatchModel):
     layer, so the comparison isolates the loss (physics versus supervised), not the architecture.
     """
 
-    def forward(self, counts: torch.Tensor, offsets_px: torch.Tensor) -> torch.Tensor:
-        return self.generator(counts)
+    def forward(self, counts: torch.Tensor, offsets_px: torch.Tensor,
+                seed_only: bool = False) -> torch.Tensor:
+        patches = self.generator(counts)
+        return patches[:, :1] if seed_only else patches
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if "truth" not in batch:
