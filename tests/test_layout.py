@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = "ptypinn"
 
 CORE = {f"{PKG}.{m}" for m in ("config", "data", "physics", "stitch", "grouping", "simulate",
-                               "metrics", "report", "experimental", "refinement",
+                               "metrics", "report", "experimental", "refinement", "parallel",
                                "provenance")}
 
 

@@ -16,7 +16,16 @@ the integer window under the Fourier-shifted probe, as in pty-chi), over
 
 It is minibatched and streaming: object and probe live on the chosen device, the counts stay on
 the CPU and each minibatch (``refine.batch_size`` patterns, a seeded random order per epoch) is
-moved there, so memory is O(canvas + batch).  Every ``refine.check_every_epochs`` epochs the
+moved there, so memory is O(canvas + batch).
+
+Data-parallel: called in every rank of an initialized ``torch.distributed`` process group (e.g.
+under ``torchrun`` with Lightning Fabric, as inference; :mod:`ptypinn.parallel`), each rank owns
+a contiguous shard of the patterns and reads only their counts.  Every rank draws the same
+minibatch order; for each minibatch it computes the gradients and curvature bounds of its own
+members, and one all-reduce sums them, so every rank takes the step a single process takes on
+the whole minibatch (same result to float rounding, independent of the number of ranks).  The
+NLL checks sum each rank's patterns the same way; the positions of every rank's patterns are
+gathered into the returned state.  Every ``refine.check_every_epochs`` epochs the
 excess data NLL per pixel (:func:`ptypinn.physics.excess_nll_per_pixel`, mean over patterns; 0.5
 is the noise floor at high counts) is computed and logged; the run stops when it improved by no
 more than ``refine.convergence_rel_tol`` of the previous value, got worse, stopped being finite,
@@ -101,6 +110,7 @@ from tqdm.auto import tqdm
 from ptypinn.config import RefineConfig, require
 from ptypinn.data import ScanData, torch_counts
 from ptypinn.metrics import convergence_stop
+from ptypinn.parallel import all_reduce_sum, process_group, shard_bounds
 from ptypinn.physics import (excess_nll_per_pixel, extract_patches, place_patches,
                              poisson_nll, probe_modes, scan_intensity)
 
@@ -299,6 +309,10 @@ class _State:
         self.lo = torch.tensor([half, half], dtype=torch.float64, device=device)
         self.hi = torch.tensor([self.shape[0] - half, self.shape[1] - half],
                                dtype=torch.float64, device=device)
+        self.n_patterns = scan.n_patterns
+        self.rank, self.world = process_group()
+        bounds = shard_bounds(scan.n_patterns, self.world)
+        self.rows_lo, self.rows_hi = int(bounds[self.rank]), int(bounds[self.rank + 1])
         self.step_scale = 1.0
         self.adam = None
         if cfg.optimizer == "adam":
@@ -329,45 +343,80 @@ class _State:
             for group in self.adam.param_groups:
                 group["lr"] *= factor
 
+    def owned(self, rows: torch.Tensor) -> torch.Tensor:
+        """The members of ``rows`` that this rank owns (all of them outside a process group)."""
+        if self.world == 1:
+            return rows
+        return rows[(rows >= self.rows_lo) & (rows < self.rows_hi)]
+
     def update(self, rows: torch.Tensor, counts: torch.Tensor, newton: bool = False) -> None:
         """One minibatch update from the patterns ``rows`` with measured ``counts`` (``newton``:
-        scale the intensity gradient by the Newton weights, ``normalized`` rule only)."""
+        scale the intensity gradient by the Newton weights, ``normalized`` rule only).
+
+        Data-parallel: ``rows`` are this rank's members of the minibatch (possibly none); the
+        gradients and curvature bounds, sums over patterns, are summed over the ranks, so every
+        rank takes the step that one process would take on the whole minibatch."""
         cfg = self.cfg
         o = self.obj if self.adam is not None else self.obj.detach().requires_grad_(True)
         p = (self.probe if self.adam is not None else
              self.probe.detach().requires_grad_(cfg.refine_probe))
         r = self.positions()[rows].detach().requires_grad_(cfg.refine_positions)
-        loss = refinement_loss(o, p, r, counts, self.bad,
-                               newton_weights=self.adam is None and newton)
         if self.adam is not None:
             self.adam.zero_grad(set_to_none=True)
-        loss.backward()
+        if rows.numel():
+            loss = refinement_loss(o, p, r, counts, self.bad,
+                                   newton_weights=self.adam is None and newton)
+            loss.backward()
         with torch.no_grad():
-            if cfg.refine_positions:
-                self._step_positions(rows, r, r.grad)
+            if o.grad is None:
+                o.grad = torch.zeros_like(o)
+            if cfg.refine_probe and p.grad is None:
+                p.grad = torch.zeros_like(p)
+            g_pos = r.grad if r.grad is not None else torch.zeros_like(r)
+            sums = [o.grad] + ([p.grad] if cfg.refine_probe else [])
+            bounds = self._curvature_bounds(r.detach()) if self.adam is None else []
+            h = self._position_curvature(r.detach()) if cfg.refine_positions else None
+            h_total = (torch.stack([h.sum(), torch.tensor(float(h.numel()), dtype=h.dtype,
+                                                          device=h.device)])
+                       if h is not None else None)
+            all_reduce_sum(*sums, *bounds, *([h_total] if h_total is not None else []))
+            if h is not None:
+                self._step_positions(rows, r.detach(), g_pos, h, h_total[0] / h_total[1])
             if self.adam is not None:
                 self.adam.step()
             else:
-                self._step_normalized(o.grad, p.grad, r)
+                self._step_normalized(o.grad, p.grad if cfg.refine_probe else None, *bounds)
             if cfg.refine_probe:
                 self.probe.copy_(orthogonalize_modes(self.probe))
 
-    def _step_normalized(self, g_obj: torch.Tensor, g_probe: torch.Tensor | None,
-                         r: torch.Tensor) -> None:
-        step = self.cfg.step * self.step_scale
+    def _curvature_bounds(self, r: torch.Tensor) -> list[torch.Tensor]:
+        """This rank's terms of the ``normalized`` rule's bounds (sums over the batch):
+        ``[S_P]`` and, when the probe is refined, ``S_O`` (module docstring)."""
         b = r.shape[0]
+        illum = torch.zeros(self.shape, dtype=self.probe.real.dtype, device=self.device)
+        out = [illum]
+        if self.cfg.refine_probe:
+            out.append(torch.zeros((self.n, self.n), dtype=illum.dtype, device=self.device))
+        if b == 0:
+            return out
         power = (self.probe.real.square() + self.probe.imag.square()).sum(0)  # (H, W)
-        illum = place_patches(power.expand(1, b, self.n, self.n), r.detach()[None],
-                              self.shape)[0]
-        if self.cfg.refine_probe and g_probe is not None:
-            patches = extract_patches(self.obj[None], r.detach()[None], self.n)[0]
-            s_o = (patches.real.square() + patches.imag.square()).sum(0)  # (H, W)
+        illum += place_patches(power.expand(1, b, self.n, self.n), r[None], self.shape)[0]
+        if self.cfg.refine_probe:
+            patches = extract_patches(self.obj.detach()[None], r[None], self.n)[0]
+            out[1] += (patches.real.square() + patches.imag.square()).sum(0)
+        return out
+
+    def _step_normalized(self, g_obj: torch.Tensor, g_probe: torch.Tensor | None,
+                         illum: torch.Tensor, s_o: torch.Tensor | None = None) -> None:
+        step = self.cfg.step * self.step_scale
+        if g_probe is not None and s_o is not None:
             self.probe -= step * g_probe / (4 * (s_o + _FLOOR * s_o.max()))
         self.obj -= step * g_obj / (4 * (illum + _FLOOR * illum.max()))
 
-    def _step_positions(self, rows: torch.Tensor, r: torch.Tensor, g: torch.Tensor) -> None:
-        """Gauss-Newton step of each position coordinate, clamped (see the module docstring)."""
-        r = r.detach()
+    def _position_curvature(self, r: torch.Tensor) -> torch.Tensor:
+        """Gauss-Newton curvature ``(B, 2)`` float64 of each position coordinate."""
+        if r.shape[0] == 0:
+            return torch.zeros((0, 2), dtype=torch.float64, device=self.device)
         power = (self.probe.real.square() + self.probe.imag.square()).sum(0)
         curv = []
         for axis in (0, 1):
@@ -376,9 +425,17 @@ class _State:
             d = (extract_patches(self.obj.detach()[None], (r + e)[None], self.n)[0]
                  - extract_patches(self.obj.detach()[None], (r - e)[None], self.n)[0])
             curv.append(4 * ((d.real.square() + d.imag.square()) * power).sum(dim=(-2, -1)))
-        h = torch.stack(curv, dim=-1).to(torch.float64)  # (B, 2)
-        h = h + _FLOOR * h.mean() + 1e-30
-        delta = (-_POSITION_STEP * self.step_scale * g / h).clamp(-_MAX_POSITION_STEP_PX, _MAX_POSITION_STEP_PX)
+        return torch.stack(curv, dim=-1).to(torch.float64)
+
+    def _step_positions(self, rows: torch.Tensor, r: torch.Tensor, g: torch.Tensor,
+                        h: torch.Tensor, h_mean: torch.Tensor) -> None:
+        """Gauss-Newton step of each position coordinate, clamped (see the module docstring);
+        ``h_mean``: the mean curvature over the whole minibatch (all ranks)."""
+        if rows.numel() == 0:
+            return
+        h = h + _FLOOR * h_mean + 1e-30
+        delta = (-_POSITION_STEP * self.step_scale * g / h).clamp(-_MAX_POSITION_STEP_PX,
+                                                                   _MAX_POSITION_STEP_PX)
         lim = self.cfg.max_position_shift_px
         off = (self.offsets[rows] + delta).clamp(-lim, lim)
         # the corrected window must stay inside the frame
@@ -387,21 +444,30 @@ class _State:
         self.offsets[rows] = off
 
     def nll(self, counts: torch.Tensor, batch_size: int) -> float:
-        """Mean excess NLL per pixel over all patterns (no gradient)."""
-        total, n = 0.0, counts.shape[0]
+        """Mean excess NLL per pixel over all patterns (no gradient; each rank sums its own
+        rows, and the sums are added over the ranks)."""
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         pos = self.positions()
         with torch.no_grad():
             obj = self.obj.detach()
-            for s in range(0, n, batch_size):
-                c = counts[s:s + batch_size].to(self.device)
-                pred = scan_intensity(obj, self.probe.detach(), pos[s:s + batch_size], self.n)
-                total += float(excess_nll_per_pixel(pred, c, POISSON_EPS, self.bad).sum())
-        return total / n
+            for s in range(self.rows_lo, self.rows_hi, batch_size):
+                e = min(s + batch_size, self.rows_hi)
+                c = counts[s:e].to(self.device)
+                pred = scan_intensity(obj, self.probe.detach(), pos[s:e], self.n)
+                total += excess_nll_per_pixel(pred, c, POISSON_EPS, self.bad).sum().double()
+        all_reduce_sum(total)
+        return float(total) / self.n_patterns
 
     def snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Object, probe and positions of every pattern (each rank's own offsets gathered)."""
+        offsets = self.offsets
+        if self.world > 1:
+            offsets = torch.zeros_like(self.offsets)
+            offsets[self.rows_lo:self.rows_hi] = self.offsets[self.rows_lo:self.rows_hi]
+            all_reduce_sum(offsets)
         return (self.obj.detach().cpu().numpy().astype(np.complex64),
                 self.probe.detach().cpu().numpy().astype(np.complex64).reshape(self.probe_shape),
-                self.positions().cpu().numpy().astype(np.float64))
+                (self.base + offsets).cpu().numpy().astype(np.float64))
 
 
 def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = None,
@@ -422,12 +488,14 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
     probe_init : complex ``(H, W)`` or ``(M, H, W)``, optional
         Starting probe in photon units; None: ``scan.probe``.
     progress : bool
-        Show a progress bar of the epochs (with the last checked NLL) on stderr.
+        Show a progress bar of the epochs (with the last checked NLL) on stderr (rank 0 only).
 
     Returns
     -------
     RefineResult
-        The lowest-NLL state seen at the checks, its NLL history and the timings.
+        The lowest-NLL state seen at the checks, its NLL history and the timings.  In a
+        ``torch.distributed`` process group the patterns are sharded over the ranks (module
+        docstring) and every rank returns the same result.
 
     Raises
     ------
@@ -468,14 +536,14 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
     reason = "off" if cfg.epochs == 0 else "cap"
     solver_s = 0.0
     done = halvings = 0
-    bar = tqdm(total=cfg.epochs, desc="refinement", unit="epoch", disable=not progress,
-               leave=False)
+    bar = tqdm(total=cfg.epochs, desc="refinement", unit="epoch",
+               disable=not progress or state.rank != 0, leave=False)
     while done < cfg.epochs:
         t = time.perf_counter()
         for _ in range(min(cfg.check_every_epochs, cfg.epochs - done)):
             order = torch.randperm(n, generator=gen)
             for s in range(0, n, cfg.batch_size):
-                rows = order[s:s + cfg.batch_size]
+                rows = state.owned(order[s:s + cfg.batch_size])
                 state.update(rows.to(device), counts[rows].to(device, non_blocking=True),
                              newton=done < NEWTON_WARMUP_EPOCHS)
             done += 1

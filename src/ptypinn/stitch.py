@@ -45,6 +45,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from ptypinn.grouping import probe_radius_px_from_probe
+from ptypinn.parallel import all_reduce_sum, process_group
 from ptypinn.physics import extract_patches, place_patches, window_starts
 
 __all__ = ["crop_mask", "crop_start_px", "default_crop_px", "Stitcher", "stitch_patches",
@@ -182,11 +183,7 @@ class Stitcher:
         """Sum the canvases of every rank of the default ``torch.distributed`` process group
         into each rank's (stitching is additive: ranks that stitched disjoint sets of patches
         then hold the stitch of all of them).  A no-op outside a process group."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return
-        # real views: not every backend (gloo) reduces complex tensors
-        torch.distributed.all_reduce(torch.view_as_real(self._num))
-        torch.distributed.all_reduce(self._den)
+        all_reduce_sum(self._num, self._den)
 
     def result(self, min_weight: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
         """Overlap-normalized object.
@@ -436,9 +433,7 @@ def synchronize_phases(
     s = crop_start_px(patch_size, crop_px)
     device = torch.device(device)
     products = np.zeros(owner.shape[0], dtype=np.complex128)
-    rank, world = 0, 1
-    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world = process_group() if distributed else (0, 1)
     for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         if a == b or k % world != rank:
             continue
@@ -450,7 +445,7 @@ def synchronize_phases(
         products[a:b] = pair_overlap_products(crops[ci], crops[cj], delta).cpu().numpy()
     if world > 1:  # each pair was computed by exactly one rank: the sum gathers them
         gathered = torch.from_numpy(products).to(device)
-        torch.distributed.all_reduce(torch.view_as_real(gathered))
+        all_reduce_sum(gathered)
         products = gathered.cpu().numpy()
     # the solver expects (i, j) with products M_ij: owner/partner order is consistent
     return solve_phase_offsets(np.stack([owner, partner], axis=1), products, n, reg=reg)

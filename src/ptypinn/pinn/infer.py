@@ -40,6 +40,7 @@ from ptypinn.data import ScanData, pattern_totals, probe_power, to_photon_units
 from ptypinn.grouping import group_patterns
 from ptypinn.metrics import assert_not_degenerate
 from ptypinn.pinn.bundle import Bundle
+from ptypinn.parallel import process_group, shard_bounds
 from ptypinn.physics import data_nll, window_starts
 from ptypinn.stitch import Stitcher, crop_start_px, default_crop_px, synchronize_phases
 
@@ -237,14 +238,6 @@ def batch_size_for(cfg: InferConfig, device: torch.device) -> int:
     return AUTO_BATCH_SIZE.get(device.type, AUTO_BATCH_SIZE["cuda"])
 
 
-def process_group() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default ``torch.distributed`` process group, ``(0, 1)``
-    outside one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _share_blocks(array: np.ndarray, bounds: np.ndarray, chunk: int,
                   device: torch.device) -> None:
     """Give every rank rows ``bounds[r]:bounds[r + 1]`` of ``array`` (complex), which rank ``r``
@@ -352,7 +345,7 @@ def reconstruct(bundle: Bundle, scan: ScanData, cfg: InferConfig, progress: bool
 
     t0 = time.perf_counter()
     rank, world = process_group()
-    bounds = np.linspace(0, n_pat, world + 1).round().astype(np.int64)
+    bounds = shard_bounds(n_pat, world)
     lo, hi = int(bounds[rank]), int(bounds[rank + 1])  # this rank's block of patterns
     theta = np.zeros(n_pat)
     crops = rim = rim_slot = None
