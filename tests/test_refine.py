@@ -148,6 +148,37 @@ def test_recovers_perturbed_positions(tiny_pair):
     assert np.abs(res.positions_px - wrong).max() <= 3.0 + 1e-9
 
 
+def test_lbfgs_polish_converges_what_the_minibatch_steps_leave(tiny_pair):
+    """From a flat object and 1-2 px position errors: the full-batch L-BFGS phase lowers the
+    data NLL and the position error below the minibatch phase's own result (which it starts
+    from), within the shift limit, and counts its passes in ``epochs``."""
+    scan = tiny_pair[1]
+    rng = np.random.default_rng(7)
+    r, a = rng.uniform(1, 2, scan.n_patterns), rng.uniform(0, 2 * np.pi, scan.n_patterns)
+    half = scan.pattern_size / 2
+    wrong = np.clip(scan.positions_px + np.c_[r * np.sin(a), r * np.cos(a)], half,
+                    np.array(scan.object_shape_px) - half)
+    cfg = RefineConfig(epochs=60, batch_size=16, refine_positions=True,
+                       max_position_shift_px=2.5, lbfgs_iterations=0, device="cpu")
+    first = refine(scan.replace(positions_px=wrong), cfg)
+    both = refine(scan.replace(positions_px=wrong),
+                  dataclasses.replace(cfg, lbfgs_iterations=40))
+    assert RefineConfig(refine_positions=True).lbfgs_iterations_resolved > 0
+    assert RefineConfig().lbfgs_iterations_resolved == 0
+    assert first.lbfgs_iterations == 0 and 0 < both.lbfgs_iterations <= 40
+    assert both.epochs > first.epochs and both.nll_history[:len(first.nll_history)] == [
+        h[:1] + (pytest.approx(h[1], abs=1e9),) + h[2:] for h in first.nll_history]
+
+    def err(p):
+        d = p - scan.positions_px
+        return float(np.sqrt(np.mean(np.sum((d - d.mean(0)) ** 2, axis=1))))
+
+    assert both.nll_per_pixel < first.nll_per_pixel * 0.98
+    assert err(both.positions_px) < 0.7 * err(first.positions_px), (
+        err(first.positions_px), err(both.positions_px))
+    assert np.abs(both.positions_px - wrong).max() <= 2.5 + 1e-6
+
+
 def test_position_shift_is_clamped(tiny_pair):
     scan = tiny_pair[1]
     half = scan.pattern_size / 2
@@ -228,6 +259,7 @@ def test_wrong_start_shape_names_the_argument(tiny_pair):
     ("epochs", -1), ("epochs", 1.5), ("batch_size", 0), ("optimizer", "sgd"), ("step", 0.0),
     ("step", float("nan")), ("max_position_shift_px", -1.0), ("check_every_epochs", 0),
     ("convergence_rel_tol", 0.0), ("device", "gpu"), ("seed", -1), ("refine_probe", 1),
+    ("lbfgs_iterations", -1), ("lbfgs_iterations", 2.5),
 ])
 def test_config_errors_name_the_key(field, value):
     with pytest.raises(ConfigError, match=f"refine.{field}"):

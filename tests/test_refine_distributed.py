@@ -70,8 +70,9 @@ def test_two_gloo_ranks_refine_as_one_process(tiny_pair, tmp_path):
             test.positions_px[:81] + rng.uniform(-1, 1, (81, 2)), 16.0, 64.0),
         object_true=test.object_true)
     cfg = RefineConfig(epochs=2, batch_size=16, refine_probe=True, refine_positions=True,
-                       check_every_epochs=1, device="cpu")
-    cfg_long = dataclasses.replace(cfg, epochs=12, check_every_epochs=4)
+                       check_every_epochs=1, lbfgs_iterations=0, device="cpu")
+    # the long run also takes the full-batch L-BFGS phase (its sums all-reduced the same way)
+    cfg_long = dataclasses.replace(cfg, epochs=12, check_every_epochs=4, lbfgs_iterations=20)
     one, one_long = refine(scan, cfg), refine(scan, cfg_long)
     fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp_spawn")
     # (frozen dataclasses go in the function, not through Fabric's argument handling)
@@ -88,5 +89,6 @@ def test_two_gloo_ranks_refine_as_one_process(tiny_pair, tmp_path):
     np.testing.assert_allclose(probe, one.probe, atol=1e-4 * np.abs(one.probe).max())
     # the long run: as good as one process's (its NLL fell ~2000x from the start)
     nll_long = got["nll_long"]
+    assert one_long.lbfgs_iterations > 0 and len(nll_long) > 4  # checks of the L-BFGS phase
     assert nll_long[-1] < nll_long[0] / 100
     assert min(nll_long) == pytest.approx(one_long.nll_per_pixel, rel=0.1)

@@ -590,6 +590,12 @@ class RefineConfig:
     step_halvings : int
         Halvings of the step before such a check stops the run, ``>= 0`` (0: the first one stops
         it).  Minibatch updates at a fixed step stall at a noise level set by the step.
+    lbfgs_iterations : int or None
+        After the minibatch run stops, at most this many full-batch L-BFGS iterations on the
+        same unknowns, preconditioned by the curvature bounds, checked every 10 iterations with
+        ``convergence_rel_tol`` (``>= 0``; 0: none).  None: 200 when ``refine_positions``, else
+        0 -- the slowly converging global and border modes of position correction need it
+        (``ptypinn.refinement``).
     device : str
         ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:k``.
     seed : int
@@ -607,6 +613,7 @@ class RefineConfig:
     check_every_epochs: int = 5
     convergence_rel_tol: float = 1e-3
     step_halvings: int = 3
+    lbfgs_iterations: int | None = None
     device: str = "auto"
     seed: int = 0
 
@@ -634,9 +641,20 @@ class RefineConfig:
         require(_is_device(self.device), f"{s}.device", "'auto', 'cpu', 'cuda' or 'cuda:k'",
                 self.device)
         require(_is_int(self.seed) and self.seed >= 0, f"{s}.seed", "an integer >= 0", self.seed)
+        require(self.lbfgs_iterations is None or (_is_int(self.lbfgs_iterations)
+                                                  and self.lbfgs_iterations >= 0),
+                f"{s}.lbfgs_iterations", "None (automatic) or an integer >= 0",
+                self.lbfgs_iterations)
         require(not (self.engine == "ptychi" and self.refine_positions),
                 f"{s}.refine_positions", "false with refine.engine=ptychi (pty-chi's position "
                 "correction is not wired up; use refine.engine=ptypinn)", True)
+
+    @property
+    def lbfgs_iterations_resolved(self) -> int:
+        """``lbfgs_iterations``, or its automatic value (200 with position correction, else 0)."""
+        if self.lbfgs_iterations is not None:
+            return int(self.lbfgs_iterations)
+        return 200 if self.refine_positions else 0
 
 
 @dataclass(frozen=True)

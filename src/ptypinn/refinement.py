@@ -63,6 +63,23 @@ under either rule (their step is 2, the bound being about twice the expected cur
 ``adam``: :class:`torch.optim.Adam` on object and probe, learning rate ``step`` times the
 initial largest amplitude of each.
 
+L-BFGS polish (``refine.lbfgs_iterations``; automatic: 200 with position correction, else 0)
+--------------------------------------------------------------------------------------------
+After the minibatch phase stops, :class:`torch.optim.LBFGS` (strong-Wolfe line search, 20
+correction pairs) runs on the same unknowns over the whole scan, from the best state, in
+coordinates scaled by the square roots of the curvature bounds above (taken over all patterns),
+checked every 10 iterations with ``convergence_rel_tol``.  Each function evaluation is one pass
+over all patterns (counted in ``epochs``).  Why: position correction's slow modes -- a global
+scale/shear of the positions that the object follows, and border positions lit by few
+neighbours -- are low-curvature directions that minibatch steps with a diagonal bound crawl
+along (heavy-ball momentum, a full 2x2 position step, more position steps per epoch and a grid
+search were tried and did not help; ``docs/benchmarks.md``), while a quasi-Newton method builds
+their curvature from a few gradients.  Measured on ``bench/positions.py``'s seed 0 (1e6
+photons, 1-2 px errors, flat start, one CPU thread): after the minibatch phase (115 epochs,
+32 s) rms error 0.359 px, data NLL 0.2561/px; after 50 / 100 L-BFGS iterations 0.172 / 0.150
+px, NLL 0.2440 / 0.2430 (12 / 23 s more).  Its memory is about 40 copies of the unknowns (for
+an object of 4000^2 pixels: 5 GB), so it is off unless positions are refined or asked for.
+
 Measurement (``PYTHONPATH=src python bench/refine_choice.py --size 64 --epochs 40``, and
 ``--size 32``; 2026-12-02, one CPU thread on a core shared with other jobs, so the seconds are
 noisy and not compared; 'lines' test scan of ``simulate_train_test``, 256 patterns, 1e6 photons
@@ -101,6 +118,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 import numpy as np
@@ -159,6 +177,10 @@ class RefineResult:
         (``epochs == 0``).
     nll_check_time_s : float
         Seconds spent in the NLL checks.
+    lbfgs_iterations : int
+        L-BFGS iterations run after the minibatch phase (``refine.lbfgs_iterations``); their
+        function evaluations are counted in ``epochs`` (one pass over all patterns each), and
+        ``stop_reason`` is the minibatch phase's.
     """
 
     object: np.ndarray
@@ -169,6 +191,7 @@ class RefineResult:
     wall_time_s: float = 0.0
     stop_reason: str = "off"
     nll_check_time_s: float = 0.0
+    lbfgs_iterations: int = 0
 
     @property
     def nll_per_pixel(self) -> float:
@@ -443,6 +466,65 @@ class _State:
             - self.base[rows]
         self.offsets[rows] = off
 
+    # -- the full-batch L-BFGS phase (module docstring, "L-BFGS polish")
+
+    def full_gradients(self, counts: Any, batch_size: int
+                       ) -> tuple[float, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Loss and gradients over all patterns at the current state, each rank summing its own
+        rows and the sums added over the ranks: ``(loss, g_obj, g_probe, g_offsets)`` (probe and
+        offsets None when not refined; ``g_offsets (n, 2)``)."""
+        cfg = self.cfg
+        o = self.obj.detach().requires_grad_(True)
+        p = self.probe.detach().requires_grad_(cfg.refine_probe)
+        g_r = torch.zeros_like(self.offsets)
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        pos = self.positions()
+        for s in range(self.rows_lo, self.rows_hi, batch_size):
+            e = min(s + batch_size, self.rows_hi)
+            r = pos[s:e].detach().requires_grad_(cfg.refine_positions)
+            part = refinement_loss(o, p, r, counts[s:e].to(self.device), self.bad)
+            part.backward()
+            loss += part.detach().double()
+            if cfg.refine_positions:
+                g_r[s:e] = r.grad
+        g_o = o.grad if o.grad is not None else torch.zeros_like(o)
+        g_p = (p.grad if p.grad is not None else torch.zeros_like(p)) if cfg.refine_probe else None
+        all_reduce_sum(loss, g_o, *([g_p] if g_p is not None else []),
+                       *([g_r] if cfg.refine_positions else []))
+        return float(loss), g_o, g_p, (g_r if cfg.refine_positions else None)
+
+    def preconditioners(self, batch_size: int) -> list[torch.Tensor]:
+        """Square roots of the curvature bounds over all patterns (all ranks), one per refined
+        unknown: object ``(Hy, Wx)``, probe ``(H, W)`` when refined, offsets ``(n, 2)`` when
+        refined (the ``normalized`` rule's bounds with the whole scan as the batch)."""
+        illum = torch.zeros(self.shape, dtype=self.probe.real.dtype, device=self.device)
+        s_o = torch.zeros((self.n, self.n), dtype=illum.dtype, device=self.device)
+        h = torch.zeros_like(self.offsets)
+        pos = self.positions()
+        for s in range(self.rows_lo, self.rows_hi, batch_size):
+            e = min(s + batch_size, self.rows_hi)
+            with torch.no_grad():
+                illum_part, *s_o_part = self._curvature_bounds(pos[s:e])
+                illum += illum_part
+                if self.cfg.refine_probe:
+                    s_o += s_o_part[0]
+                if self.cfg.refine_positions:
+                    h[s:e] = self._position_curvature(pos[s:e])
+        all_reduce_sum(illum, s_o, h)
+        out = [(4 * (illum + _FLOOR * illum.max())).sqrt()]
+        if self.cfg.refine_probe:
+            out.append((4 * (s_o + _FLOOR * s_o.max())).sqrt())
+        if self.cfg.refine_positions:
+            out.append((_POSITION_STEP ** -1 * (h + _FLOOR * h.mean()) + 1e-30).sqrt())
+        return out
+
+    def clamp_offsets(self) -> None:
+        """Hold every offset within ``max_position_shift_px`` and its window inside the frame."""
+        lim = self.cfg.max_position_shift_px
+        off = self.offsets.clamp(-lim, lim)
+        self.offsets.copy_(torch.maximum(torch.minimum(self.base + off, self.hi), self.lo)
+                           - self.base)
+
     def nll(self, counts: torch.Tensor, batch_size: int) -> float:
         """Mean excess NLL per pixel over all patterns (no gradient; each rank sums its own
         rows, and the sums are added over the ranks)."""
@@ -468,6 +550,77 @@ class _State:
         return (self.obj.detach().cpu().numpy().astype(np.complex64),
                 self.probe.detach().cpu().numpy().astype(np.complex64).reshape(self.probe_shape),
                 (self.base + offsets).cpu().numpy().astype(np.float64))
+
+
+_LBFGS_CHECK_ITERATIONS = 10
+"""L-BFGS iterations between two data-NLL checks of the polish."""
+_LBFGS_HISTORY = 20
+"""Correction pairs kept by L-BFGS (its memory: about twice this many copies of the unknowns)."""
+
+
+class _LBFGSPolish:
+    """Full-batch L-BFGS (torch's, strong-Wolfe line search) on the unknowns of a
+    :class:`_State`, in preconditioned coordinates ``y = scale * (x - x_start)`` with ``scale``
+    the square roots of the curvature bounds (:meth:`_State.preconditioners`), so that one
+    unit of ``y`` costs about one unit of NLL in every unknown."""
+
+    def __init__(self, state: _State, counts: Any, batch_size: int) -> None:
+        self.state, self.counts, self.batch_size = state, counts, batch_size
+        cfg = state.cfg
+        scales = state.preconditioners(batch_size)
+        self.parts: list[tuple[str, torch.Tensor, torch.Tensor]] = [
+            ("obj", state.obj.detach().clone(), scales.pop(0))]
+        if cfg.refine_probe:
+            self.parts.append(("probe", state.probe.detach().clone(), scales.pop(0)))
+        if cfg.refine_positions:
+            self.parts.append(("offsets", state.offsets.clone(), scales.pop(0)))
+        size = sum(torch.view_as_real(x).numel() if x.is_complex() else x.numel()
+                   for _, x, _ in self.parts)
+        self.y = torch.zeros(size, dtype=torch.float32, device=state.device, requires_grad=True)
+        self.opt = torch.optim.LBFGS([self.y], lr=1.0, history_size=_LBFGS_HISTORY,
+                                     tolerance_grad=0.0, tolerance_change=0.0,
+                                     line_search_fn="strong_wolfe")
+        self.evaluations = 0
+
+    @torch.no_grad()
+    def _set_state(self, y: torch.Tensor) -> None:
+        """Write ``x_start + y / scale`` into the state (offsets clamped to their limits)."""
+        start = 0
+        for name, x0, scale in self.parts:
+            shape = torch.view_as_real(x0).shape if x0.is_complex() else x0.shape
+            k = math.prod(shape)
+            piece = y[start:start + k].view(shape)
+            start += k
+            if x0.is_complex():
+                value = x0 + torch.view_as_complex(piece.contiguous()).to(x0.dtype) / scale
+            else:
+                value = x0 + piece.to(x0.dtype) / scale
+            getattr(self.state, name).copy_(value)
+        if self.state.cfg.refine_positions:
+            self.state.clamp_offsets()
+
+    def _closure(self) -> torch.Tensor:
+        self._set_state(self.y.detach())
+        loss, g_o, g_p, g_r = self.state.full_gradients(self.counts, self.batch_size)
+        grads = {"obj": g_o, "probe": g_p, "offsets": g_r}
+        flat = []
+        for name, _, scale in self.parts:
+            g = grads[name] / scale
+            flat.append((torch.view_as_real(g) if g.is_complex() else g).reshape(-1))
+        self.y.grad = torch.cat([f.to(torch.float32) for f in flat])
+        self.evaluations += 1
+        return torch.tensor(loss, dtype=torch.float64)
+
+    def run(self, iterations: int) -> int:
+        """At most ``iterations`` L-BFGS iterations; the state is left at the result.  Returns
+        the function evaluations (each one pass over all patterns)."""
+        before = self.evaluations
+        group = self.opt.param_groups[0]
+        group["max_iter"] = iterations
+        group["max_eval"] = iterations * 5 // 4 + 1
+        self.opt.step(self._closure)
+        self._set_state(self.y.detach())
+        return self.evaluations - before
 
 
 def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = None,
@@ -576,6 +729,37 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
             reason = stop
             break
     bar.close()
+    lbfgs_done = 0
+    iterations = cfg.lbfgs_iterations_resolved
+    if iterations and best is not None and reason != "diverged":
+        # full-batch L-BFGS from the best state: it converges the modes the minibatch steps
+        # leave slow (position correction's global scale/shear and border positions)
+        state.restore(best[1])
+        t = time.perf_counter()
+        polish = _LBFGSPolish(state, counts, check_batch)
+        reference = best[0]
+        while lbfgs_done < iterations:
+            k = min(_LBFGS_CHECK_ITERATIONS, iterations - lbfgs_done)
+            done += polish.run(k)  # each evaluation: one pass over all patterns
+            lbfgs_done += k
+            sync()
+            solver_s += time.perf_counter() - t
+            t = time.perf_counter()
+            nll = state.nll(counts, check_batch)
+            check_s += time.perf_counter() - t
+            history.append((done, solver_s, nll))
+            log.info("refine: L-BFGS iteration %d (%d passes in all), data NLL %.6g per pixel, "
+                     "%.2f s", lbfgs_done, done, nll, solver_s)
+            if math.isfinite(nll) and nll < best[0]:
+                if cfg.refine_probe:
+                    with torch.no_grad():
+                        state.probe.copy_(orthogonalize_modes(state.probe))
+                best = (nll, state.snapshot())
+            if convergence_stop(nll, reference if math.isfinite(reference) else None,
+                                cfg.convergence_rel_tol) is not None:
+                break
+            reference = nll
+            t = time.perf_counter()
     if best is None:
         raise RuntimeError("refine: the data NLL was never finite (NaN/Inf in the start or the "
                            "updates); try a smaller refine.step")
@@ -584,4 +768,4 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
              done, reason, solver_s, check_s, best[0])
     return RefineResult(object=obj, probe=probe, positions_px=positions, nll_history=history,
                         epochs=done, wall_time_s=solver_s, stop_reason=reason,
-                        nll_check_time_s=check_s)
+                        nll_check_time_s=check_s, lbfgs_iterations=lbfgs_done)
