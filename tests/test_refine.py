@@ -244,9 +244,13 @@ def test_bad_pixels_do_not_change_the_result(tiny_pair):
 def test_zero_epochs_returns_the_start(tiny_pair):
     scan = tiny_pair[1]
     start = _blurred_start(scan)
-    res = refine(scan, RefineConfig(epochs=0, device="cpu"), object_init=start)
-    assert res.stop_reason == "off" and res.epochs == 0 and len(res.nll_history) == 1
-    np.testing.assert_array_equal(res.object, start)
+    for positions in (False, True):  # with positions: no L-BFGS phase either
+        res = refine(scan, RefineConfig(epochs=0, refine_positions=positions, device="cpu"),
+                     object_init=start)
+        assert res.stop_reason == "off" and res.epochs == 0 and len(res.nll_history) == 1
+        assert res.lbfgs_iterations == 0
+        np.testing.assert_array_equal(res.object, start)
+        np.testing.assert_array_equal(res.positions_px, scan.positions_px)
 
 
 def test_wrong_start_shape_names_the_argument(tiny_pair):
@@ -333,6 +337,7 @@ def test_cli_infer_and_reconstruct_with_refine(tiny_pair, tmp_path, capsys):
                  "--set", "infer.device=cpu", "--set", "refine.device=cpu"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["refine"]["epochs"] >= 1 and len(summary["refine"]["nll_history"]) >= 2
+    assert summary["refine"]["lbfgs_iterations"] > 0  # automatic with --refine-positions
     assert summary["nll_per_pixel_mean"] <= summary["nll_per_pixel_pinn"]
     rec = io.load_npz(out / "reconstruction.npz")
     assert {"object", "object_pinn", "probe", "positions_px"} <= set(rec)

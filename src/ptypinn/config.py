@@ -593,7 +593,7 @@ class RefineConfig:
     lbfgs_iterations : int or None
         After the minibatch run stops, at most this many full-batch L-BFGS iterations on the
         same unknowns, preconditioned by the curvature bounds, checked every 10 iterations with
-        ``convergence_rel_tol`` (``>= 0``; 0: none).  None: 200 when ``refine_positions``, else
+        ``convergence_rel_tol`` (``>= 0``; 0: none; never when ``epochs`` is 0).  None: 200 when ``refine_positions``, else
         0 -- the slowly converging global and border modes of position correction need it
         (``ptypinn.refinement``).
     device : str

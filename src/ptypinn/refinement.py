@@ -731,7 +731,7 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
     bar.close()
     lbfgs_done = 0
     iterations = cfg.lbfgs_iterations_resolved
-    if iterations and best is not None and reason != "diverged":
+    if iterations and cfg.epochs > 0 and best is not None and reason != "diverged":
         # full-batch L-BFGS from the best state: it converges the modes the minibatch steps
         # leave slow (position correction's global scale/shear and border positions)
         state.restore(best[1])

@@ -169,10 +169,11 @@ def write_result_files(out_dir: str | Path, stem: str, scan: ScanData, obj: np.n
 
 
 def refine_summary(res: RefineResult) -> dict[str, Any]:
-    """JSON-friendly record of a refinement (epochs, stop reason, times, NLL history; a
-    non-finite NLL is written as null)."""
+    """JSON-friendly record of a refinement (epochs, stop reason, L-BFGS iterations, times, NLL
+    history; a non-finite NLL is written as null)."""
     fin = lambda v: float(v) if math.isfinite(v) else None  # noqa: E731
     return {"epochs": res.epochs, "stop_reason": res.stop_reason,
+            "lbfgs_iterations": res.lbfgs_iterations,
             "wall_time_s": res.wall_time_s, "nll_check_time_s": res.nll_check_time_s,
             "nll_per_pixel": fin(res.nll_per_pixel),
             "nll_history": [{"epoch": e, "wall_time_s": t, "nll_per_pixel": fin(v)}
