@@ -738,16 +738,20 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
         t = time.perf_counter()
         polish = _LBFGSPolish(state, counts, check_batch)
         reference = best[0]
+        bar = tqdm(total=iterations, desc="refinement, L-BFGS", unit="iteration",
+                   disable=not progress or state.rank != 0, leave=False)
         while lbfgs_done < iterations:
             k = min(_LBFGS_CHECK_ITERATIONS, iterations - lbfgs_done)
             done += polish.run(k)  # each evaluation: one pass over all patterns
             lbfgs_done += k
+            bar.update(k)
             sync()
             solver_s += time.perf_counter() - t
             t = time.perf_counter()
             nll = state.nll(counts, check_batch)
             check_s += time.perf_counter() - t
             history.append((done, solver_s, nll))
+            bar.set_postfix(nll_per_px=f"{nll:.4g}")
             log.info("refine: L-BFGS iteration %d (%d passes in all), data NLL %.6g per pixel, "
                      "%.2f s", lbfgs_done, done, nll, solver_s)
             if math.isfinite(nll) and nll < best[0]:
@@ -760,6 +764,7 @@ def refine(scan: ScanData, cfg: RefineConfig, object_init: np.ndarray | None = N
                 break
             reference = nll
             t = time.perf_counter()
+        bar.close()
     if best is None:
         raise RuntimeError("refine: the data NLL was never finite (NaN/Inf in the start or the "
                            "updates); try a smaller refine.step")
