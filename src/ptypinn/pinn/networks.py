@@ -38,7 +38,7 @@ from torch import nn
 
 from ptypinn import physics
 from ptypinn.pinn.spectral import (PROBE_FEATURES, SpectralResNetGenerator, add_probe_channels,
-                                   physics_input, residual_head)
+                                   physics_input, residual_head, zero_head)
 
 __all__ = ["BackPropagation", "UNetGenerator", "build_generator"]
 
@@ -162,10 +162,8 @@ class UNetGenerator(nn.Module):
             nn.ConvTranspose2d(chans[k + 1], chans[k], 2, stride=2) for k in reversed(range(depth))
         )
         self.merge = nn.ModuleList(_block(2 * chans[k], chans[k]) for k in reversed(range(depth)))
-        self.head = nn.Conv2d(chans[0], 2 * members, 1)
         # zero corrections at initialisation: training starts exactly from O0 (clamped)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head = zero_head(chans[0], members)
 
     def forward(self, counts: torch.Tensor, probe: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, C, N, N)`` float counts -> ``(B, C, N, N)`` complex patches.

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from ptypinn import physics
 
 __all__ = ["SpectralConv2d", "SpectralBlock", "SpectralResNetGenerator", "residual_head",
-           "physics_input", "RATIO_CLAMP", "PROBE_FEATURES", "probe_features", "add_probe_channels"]
+           "zero_head", "physics_input", "RATIO_CLAMP", "PROBE_FEATURES", "probe_features", "add_probe_channels"]
 
 PROBE_FEATURES = 3
 """Input channels :func:`probe_features` adds to a probe-conditioned generator
@@ -117,6 +117,15 @@ def physics_input(backprop: nn.Module, counts: torch.Tensor, probe: torch.Tensor
             raise ValueError("probe: expected the runtime probe (model.probe_input), got None")
         x = torch.cat([x, probe_features(probe, x.shape[0]).to(x.device)], dim=1)
     return o0, x
+
+
+def zero_head(channels: int, members: int) -> nn.Conv2d:
+    """The 1x1 convolution ``channels -> 2 * members`` (amplitude and phase corrections for
+    :func:`residual_head`), zero-initialised: a new generator returns the physics estimate."""
+    head = nn.Conv2d(channels, 2 * members, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
 
 
 def residual_head(o0: torch.Tensor, out: torch.Tensor, amplitude_max: float) -> torch.Tensor:
@@ -262,9 +271,7 @@ class SpectralResNetGenerator(nn.Module):
             nn.Sequential(_conv_block(2 * chans[k], chans[k]),
                           SpectralBlock(chans[k], sizes[k], modes))
             for k in reversed(range(depth)))
-        self.head = nn.Conv2d(chans[0], 2 * members, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head = zero_head(chans[0], members)
 
     def forward(self, counts: torch.Tensor, probe: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, C, N, N)`` float counts -> ``(B, C, N, N)`` complex patches.
